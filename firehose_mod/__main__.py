@@ -1,0 +1,3 @@
+from firehose_mod.cli import main
+
+raise SystemExit(main())

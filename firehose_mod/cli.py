@@ -1,0 +1,103 @@
+"""Command-line interface: argument parsing only; the work is done in the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import anyio
+
+from firehose_mod import __version__
+from firehose_mod.config import ConfigError, Settings, load_settings
+from firehose_mod.labels.model import LabelError
+from firehose_mod.labels.signing import KeyError_
+from firehose_mod.logs import configure_logging
+from firehose_mod.store.db import SchemaError
+
+DESCRIPTION = """\
+firehose-mod: a moderation labeler for plyr.fm on ATProto.
+
+It keeps a signed, append-only label log in SQLite and serves it as a standard label
+stream (com.atproto.label.subscribeLabels and queryLabels). With no configuration it
+keeps its state in ./var, listens on 127.0.0.1:8080 and generates a signing key.
+
+Configuration: --config FILE (TOML, see config/example.toml) and FIREHOSE_MOD_*
+environment variables (FIREHOSE_MOD_DATA_DIR, FIREHOSE_MOD_HOST, FIREHOSE_MOD_PORT,
+FIREHOSE_MOD_DID, ...); the environment wins over the file.
+"""
+
+EPILOG = """\
+examples:
+  firehose-mod serve                                   run the label server
+  firehose-mod key show                                the did:key for your DID document
+  firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn
+  firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn --neg
+  firehose-mod label tail --cursor 0                   replay everything, then follow
+  firehose-mod status                                  head seq and each subscriber's lag
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="firehose-mod", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"firehose-mod {__version__}")
+    p.add_argument("--config", type=Path, help="TOML config file (also FIREHOSE_MOD_CONFIG)")
+    p.add_argument("--data-dir", type=Path, help="state directory (default ./var; FIREHOSE_MOD_DATA_DIR)")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--log-format", choices=["json", "console"], help="log format (default json)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the label server (subscribeLabels, queryLabels, metrics)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+
+    key = sub.add_parser("key", help="the labeler's signing key").add_subparsers(dest="key_command", required=True)
+    show = key.add_parser("show", help="print the public key as did:key (for #atproto_label)")
+    show.add_argument("--json", action="store_true", help="also print the DID document fragment as JSON")
+
+    label = sub.add_parser("label", help="write or read labels").add_subparsers(dest="label_command", required=True)
+    emit = label.add_parser("emit", help="sign and append one label (or a negation) to the log")
+    emit.add_argument("uri", help="subject: an at:// URI or a DID")
+    emit.add_argument("val", help="label value: lowercase a-z, 0-9 and '-' (e.g. porn, copyright-violation)")
+    emit.add_argument("--cid", help="pin the label to this record version (CID)")
+    emit.add_argument("--neg", action="store_true", help="negate (withdraw) a label in force")
+    emit.add_argument("--exp", help="expiry, RFC 3339 (e.g. 2027-01-01T00:00:00.000Z)")
+    tail = label.add_parser("tail", help="replay the stream from a cursor as JSON lines, then follow it")
+    tail.add_argument("--cursor", type=int, help="replay labels after this seq (0 = all; omit = live only)")
+    tail.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")
+    tail.add_argument("--no-follow", action="store_true", help="stop once the replay reaches the head")
+
+    status = sub.add_parser("status", help="head seq, key, and each live subscriber with its cursor and lag")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            args.config,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+    except ConfigError as exc:
+        print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from firehose_mod import commands
+
+    try:
+        return anyio.run(commands.dispatch, args, settings)
+    except (LabelError, KeyError_, SchemaError, commands.CommandError) as exc:
+        print(f"firehose-mod: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,179 @@
+"""One frozen settings object: embedded defaults < TOML file < FIREHOSE_MOD_* environment.
+
+Every field has a TOML home (`[section] key`) and an environment variable
+(`FIREHOSE_MOD_<FIELD>` in upper case). `load_settings` validates everything at start and
+raises `ConfigError` with a message that names the source and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "FIREHOSE_MOD_"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the setting and how to fix it."""
+
+
+def _meta(section: str, key: str, help: str) -> dict:
+    return {"section": section, "key": key, "help": help}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon and the operator commands read from configuration."""
+
+    data_dir: Path = field(default=Path("var"), metadata=_meta("", "data_dir", "state directory (database, key)"))
+    host: str = field(default="127.0.0.1", metadata=_meta("server", "host", "address to listen on"))
+    port: int = field(default=8080, metadata=_meta("server", "port", "TCP port to listen on (0 = any free port)"))
+    public_url: str = field(
+        default="", metadata=_meta("server", "public_url", "https URL clients use (DID document service endpoint)")
+    )
+    did: str = field(default="did:web:localhost", metadata=_meta("labeler", "did", "the labeler's DID (label src)"))
+    key_file: Path | None = field(
+        default=None, metadata=_meta("labeler", "key_file", "signing key file (default DATA_DIR/signing.key)")
+    )
+    key_curve: str = field(default="secp256k1", metadata=_meta("labeler", "key_curve", "secp256k1 or p256"))
+    db_file: Path | None = field(
+        default=None, metadata=_meta("store", "db_file", "SQLite database (default DATA_DIR/firehose-mod.sqlite3)")
+    )
+    db_synchronous: str = field(
+        default="FULL", metadata=_meta("store", "synchronous", "SQLite synchronous: FULL survives power loss")
+    )
+    stream_send_timeout: float = field(
+        default=10.0,
+        metadata=_meta("stream", "send_timeout", "seconds a subscriber may block a send before ConsumerTooSlow"),
+    )
+    stream_ping_interval: float = field(
+        default=20.0, metadata=_meta("stream", "ping_interval", "seconds between keepalive pings")
+    )
+    stream_ping_timeout: float = field(
+        default=20.0, metadata=_meta("stream", "ping_timeout", "seconds to wait for a pong before closing")
+    )
+    stream_recent_labels: int = field(
+        default=20000, metadata=_meta("stream", "recent_labels", "recent frames kept in memory for live fan-out")
+    )
+    stream_page_size: int = field(
+        default=200, metadata=_meta("stream", "page_size", "labels read from the database per backfill page")
+    )
+    stream_max_subscribers: int = field(
+        default=5000, metadata=_meta("stream", "max_subscribers", "subscribers beyond this are refused (503)")
+    )
+    stream_poll_interval: float = field(
+        default=0.25,
+        metadata=_meta("stream", "poll_interval", "seconds between checks for labels written by other processes"),
+    )
+    log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
+    log_format: str = field(default="json", metadata=_meta("log", "format", "json (for journald) or console"))
+
+    @property
+    def db_path(self) -> Path:
+        return self.db_file or self.data_dir / "firehose-mod.sqlite3"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.data_dir / "signing.key"
+
+    @property
+    def endpoint(self) -> str:
+        """The URL this server answers on, for clients on this machine."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _coerce(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if "Path" in kind:
+            return None if raw in ("", None) else Path(str(raw)).expanduser()
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if not isinstance(raw, (str, int, float)):
+            raise ValueError
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: expected {kind.replace(' | None', '')}, got {raw!r}") from None
+
+
+def load_settings(
+    config_file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build and validate Settings from the TOML file, the environment and explicit overrides."""
+    env = os.environ if env is None else env
+    config_file = config_file or (Path(env[env_name("config")]) if env.get(env_name("config")) else None)
+    values: dict[str, Any] = {}
+    by_place = {(f.metadata["section"], f.metadata["key"]): f for f in fields(Settings)}
+    if config_file is not None:
+        try:
+            doc = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        for key, raw in doc.items():
+            if isinstance(raw, dict):
+                for sub, subraw in raw.items():
+                    f = by_place.get((key, sub))
+                    if f is None:
+                        raise ConfigError(f"{config_file}: unknown setting [{key}] {sub}; see config/example.toml")
+                    values[f.name] = _coerce(f, subraw, f"{config_file} [{key}] {sub}")
+            else:
+                f = by_place.get(("", key))
+                if f is None:
+                    raise ConfigError(f"{config_file}: unknown top-level setting {key!r}; see config/example.toml")
+                values[f.name] = _coerce(f, raw, f"{config_file} {key}")
+    for f in fields(Settings):
+        if env.get(env_name(f.name)) not in (None, ""):
+            values[f.name] = _coerce(f, env[env_name(f.name)], env_name(f.name))
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = raw
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Raise ConfigError for values that cannot work, saying how to fix them."""
+
+    def bad(name: str, why: str) -> ConfigError:
+        f = next(f for f in fields(Settings) if f.name == name)
+        place = f"[{f.metadata['section']}] {f.metadata['key']}" if f.metadata["section"] else f.metadata["key"]
+        return ConfigError(f"{place} (env {env_name(name)}): {why}")
+
+    if not 0 <= s.port <= 65535:
+        raise bad("port", f"{s.port} is not a TCP port (0-65535)")
+    if not s.did.startswith(("did:plc:", "did:web:")):
+        raise bad("did", f"{s.did!r} is not a did:plc or did:web DID (e.g. did:plc:abc123 or did:web:labeler.example)")
+    if s.key_curve not in ("secp256k1", "p256"):
+        raise bad("key_curve", f"{s.key_curve!r}: use secp256k1 (the atproto default) or p256")
+    if s.db_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise bad("db_synchronous", f"{s.db_synchronous!r}: use FULL, EXTRA or NORMAL (NORMAL may lose labels on power loss)")
+    for name in ("stream_send_timeout", "stream_ping_interval", "stream_ping_timeout", "stream_poll_interval"):
+        if getattr(s, name) <= 0:
+            raise bad(name, "must be a positive number of seconds")
+    for name in ("stream_recent_labels", "stream_page_size", "stream_max_subscribers"):
+        if getattr(s, name) < 1:
+            raise bad(name, "must be at least 1")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise bad("log_level", f"{s.log_level!r}: use debug, info, warning or error")
+    if s.log_format not in ("json", "console"):
+        raise bad("log_format", f"{s.log_format!r}: use json or console")
+    if s.public_url and not s.public_url.startswith(("https://", "http://")):
+        raise bad("public_url", f"{s.public_url!r} must start with https://")

@@ -1,0 +1,136 @@
+"""The `com.atproto.label.defs#label` model.
+
+A label is stored and sent exactly as it was signed: the string fields (notably `cts`
+and `exp`) are kept as text, never re-rendered from a datetime, and `neg` is present only
+when true. Changing either would break the signature that verifiers check.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import libipld
+
+LABEL_VERSION = 1
+MAX_VAL_LEN = 128
+# Apps only show custom values made of lowercase letters and hyphens; global values
+# such as `!hide` and `!warn` carry a leading `!`.
+VAL_RE = re.compile(r"^!?[a-z][a-z0-9-]*$")
+
+
+class LabelError(ValueError):
+    """A label field breaks the lexicon; the message says which and how to fix it."""
+
+
+def now_iso() -> str:
+    """The current time as an atproto datetime string with millisecond precision."""
+    return format_datetime(datetime.now(UTC))
+
+
+def format_datetime(dt: datetime) -> str:
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_datetime(text: str) -> datetime:
+    """Parse an atproto datetime (RFC 3339 with a timezone)."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise LabelError(f"not an RFC 3339 datetime: {text!r} (example: 2026-01-31T12:00:00.000Z)") from exc
+    if dt.tzinfo is None:
+        raise LabelError(f"datetime {text!r} has no timezone; add 'Z' for UTC")
+    return dt
+
+
+def validate_label_fields(uri: str, val: str, cid: str | None = None, exp: str | None = None) -> None:
+    """Check the fields a caller chooses; raise LabelError with a fix-it message."""
+    if not (uri.startswith("at://") or uri.startswith("did:")):
+        raise LabelError(f"subject {uri!r} is neither an at:// URI nor a DID")
+    if len(uri) > 8192 or any(c.isspace() for c in uri):
+        raise LabelError(f"subject {uri[:80]!r} is too long or contains whitespace")
+    if len(val) > MAX_VAL_LEN or not VAL_RE.match(val):
+        raise LabelError(
+            f"label value {val!r} must be at most {MAX_VAL_LEN} characters of lowercase a-z, 0-9 and '-'"
+            " (optionally with a leading '!' for global values); apps hide other values"
+        )
+    if cid is not None:
+        if not uri.startswith("at://"):
+            raise LabelError("a cid pins a record version, so it needs an at:// subject, not a DID")
+        try:
+            libipld.decode_cid(cid)
+        except Exception as exc:  # libipld raises ValueError subclasses without a common base
+            raise LabelError(f"cid {cid!r} is not a valid CID string") from exc
+    if exp is not None:
+        parse_datetime(exp)
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One signed (or about to be signed) label, field for field as on the wire."""
+
+    src: str
+    uri: str
+    val: str
+    cts: str
+    cid: str | None = None
+    neg: bool = False
+    exp: str | None = None
+    ver: int = LABEL_VERSION
+    sig: bytes | None = None
+
+    def unsigned(self) -> dict:
+        """The fields that are signed: schema fields with `ver`, no `sig`, no `neg` when false."""
+        out: dict = {"ver": self.ver, "src": self.src, "uri": self.uri, "val": self.val, "cts": self.cts}
+        if self.cid is not None:
+            out["cid"] = self.cid
+        if self.neg:
+            out["neg"] = True
+        if self.exp is not None:
+            out["exp"] = self.exp
+        return out
+
+    def signing_bytes(self) -> bytes:
+        """The DAG-CBOR encoding whose SHA-256 is signed."""
+        return libipld.encode_dag_cbor(self.unsigned())
+
+    def wire(self) -> dict:
+        """The signed label as sent in a subscribeLabels frame (sig as bytes)."""
+        if self.sig is None:
+            raise LabelError("label is not signed")
+        out = self.unsigned()
+        out["sig"] = self.sig
+        return out
+
+    def to_cbor(self) -> bytes:
+        return libipld.encode_dag_cbor(self.wire())
+
+    def to_json(self) -> dict:
+        """The lexicon JSON form (queryLabels): `sig` as {"$bytes": base64}."""
+        out = self.unsigned()
+        if self.sig is not None:
+            out["sig"] = {"$bytes": base64.b64encode(self.sig).decode("ascii").rstrip("=")}
+        return out
+
+    def in_force_at(self, when: datetime) -> bool:
+        """True for a positive label that has not expired at `when`."""
+        if self.neg:
+            return False
+        return self.exp is None or parse_datetime(self.exp) > when
+
+    @classmethod
+    def from_wire(cls, d: dict) -> Label:
+        return cls(
+            src=d["src"],
+            uri=d["uri"],
+            val=d["val"],
+            cts=d["cts"],
+            cid=d.get("cid"),
+            neg=bool(d.get("neg", False)),
+            exp=d.get("exp"),
+            ver=d.get("ver", LABEL_VERSION),
+            sig=d.get("sig"),
+        )

@@ -1,0 +1,156 @@
+"""Signing keys for labels: secp256k1 (the atproto default) or P-256.
+
+Per the atproto label spec: DAG-CBOR of the label without `sig`, SHA-256, ECDSA, low-S,
+raw 64-byte r||s (not DER). The public key is published as a `did:key` multibase string
+under the `#atproto_label` verification method of the labeler's DID document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import libipld
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from firehose_mod.labels.model import Label
+
+CURVES = {
+    # name: (curve, group order, multicodec varint prefix of the compressed public key)
+    "secp256k1": (ec.SECP256K1(), 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141, b"\xe7\x01"),
+    "p256": (ec.SECP256R1(), 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551, b"\x80\x24"),
+}
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+class KeyError_(ValueError):
+    """A key file or did:key string cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private signing key and its `did:key` identifier."""
+
+    curve: str
+    private: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def generate(cls, curve: str = "secp256k1") -> SigningKey:
+        if curve not in CURVES:
+            raise KeyError_(f"unknown curve {curve!r}; use one of {sorted(CURVES)}")
+        return cls(curve, ec.generate_private_key(CURVES[curve][0]))
+
+    @classmethod
+    def from_hex(cls, hex_key: str, curve: str = "secp256k1") -> SigningKey:
+        if curve not in CURVES:
+            raise KeyError_(f"unknown curve {curve!r}; use one of {sorted(CURVES)}")
+        try:
+            secret = int(hex_key.strip(), 16)
+            return cls(curve, ec.derive_private_key(secret, CURVES[curve][0]))
+        except ValueError as exc:
+            raise KeyError_("private key must be 64 hex characters (a 32-byte scalar)") from exc
+
+    def private_hex(self) -> str:
+        return f"{self.private.private_numbers().private_value:064x}"
+
+    @property
+    def did_key(self) -> str:
+        """`did:key:z...` for the DID document's `#atproto_label` verification method."""
+        return public_did_key(self.curve, self.private.public_key())
+
+    @property
+    def multibase(self) -> str:
+        """The `publicKeyMultibase` value (the did:key without its `did:key:` prefix)."""
+        return self.did_key.removeprefix("did:key:")
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        """ECDSA-SHA256 over `data`, low-S, as raw 64-byte r||s."""
+        der = self.private.sign(data, _ECDSA)
+        r, s = decode_dss_signature(der)
+        order = CURVES[self.curve][1]
+        if s > order // 2:
+            s = order - s
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def sign(self, label: Label) -> Label:
+        """Return `label` with its `sig` set."""
+        from dataclasses import replace
+
+        return replace(label, sig=self.sign_bytes(label.signing_bytes()))
+
+    # -- the key file ---------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write the key file with mode 0600 (created that way, never world-readable)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"curve": self.curve, "private_key_hex": self.private_hex()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        try:
+            data = json.loads(path.read_text())
+            return cls.from_hex(data["private_key_hex"], data.get("curve", "secp256k1"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyError_(
+                f"cannot read signing key {path}: {exc}. The file holds JSON "
+                '{"curve": "secp256k1", "private_key_hex": "<64 hex>"}; move a broken file away to '
+                "generate a new key (labels signed by the old key then need re-signing)"
+            ) from exc
+
+    @classmethod
+    def load_or_create(cls, path: Path, curve: str = "secp256k1") -> tuple[SigningKey, bool]:
+        """Load the key at `path`, or generate and save one. Returns (key, created)."""
+        if path.exists():
+            return cls.load(path), False
+        key = cls.generate(curve)
+        try:
+            key.save(path)
+        except FileExistsError:  # another process created it first: use theirs
+            return cls.load(path), False
+        return key, True
+
+
+def public_did_key(curve: str, public: ec.EllipticCurvePublicKey) -> str:
+    point = public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    return "did:key:" + libipld.encode_multibase("z", CURVES[curve][2] + point)
+
+
+def parse_did_key(did_key: str) -> tuple[str, ec.EllipticCurvePublicKey]:
+    """Parse `did:key:z...` (or a bare multibase) into (curve, public key)."""
+    mb = did_key.removeprefix("did:key:")
+    try:
+        _, raw = libipld.decode_multibase(mb)
+    except Exception as exc:
+        raise KeyError_(f"not a multibase did:key: {did_key!r}") from exc
+    raw = bytes(raw)
+    for name, (curve, _, prefix) in CURVES.items():
+        if raw.startswith(prefix):
+            return name, ec.EllipticCurvePublicKey.from_encoded_point(curve, raw[len(prefix):])
+    raise KeyError_(f"did:key {did_key!r} is neither secp256k1 nor P-256")
+
+
+def verify_bytes(did_key: str, data: bytes, sig: bytes, *, require_low_s: bool = True) -> bool:
+    """Verify a raw r||s signature over `data` as atproto verifiers do (low-S required)."""
+    curve, public = parse_did_key(did_key)
+    if len(sig) != 64:
+        return False
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    if require_low_s and s > CURVES[curve][1] // 2:
+        return False
+    try:
+        public.verify(encode_dss_signature(r, s), data, _ECDSA)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify_label(did_key: str, label: Label) -> bool:
+    """True when `label.sig` is a valid signature by `did_key` over the label's signed fields."""
+    return label.sig is not None and verify_bytes(did_key, label.signing_bytes(), label.sig)

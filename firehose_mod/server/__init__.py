@@ -1,0 +1,1 @@
+"""The label server: subscribeLabels, queryLabels, health, metrics and operator status."""

@@ -1,0 +1,68 @@
+"""Prometheus metrics of one server: counters it increments and gauges read from the feed."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from firehose_mod.server.feed import LabelFeed
+
+
+class FeedCollector:
+    """Gauges computed at scrape time, so per-subscriber series vanish when a client leaves."""
+
+    def __init__(self, feed: LabelFeed):
+        self.feed = feed
+
+    def collect(self):
+        feed = self.feed
+        yield GaugeMetricFamily("firehose_mod_label_head_seq", "Highest published label seq.", value=feed.head)
+        yield CounterMetricFamily(
+            "firehose_mod_labels_published", "Labels published to the stream by this process.",
+            value=feed.published_total,
+        )
+        yield GaugeMetricFamily(
+            "firehose_mod_subscribers", "Connected subscribeLabels clients.", value=len(feed.subscribers)
+        )
+        lag = GaugeMetricFamily(
+            "firehose_mod_subscriber_lag", "Labels between the head and a subscriber's cursor.",
+            labels=["subscriber", "remote"],
+        )
+        cursor = GaugeMetricFamily(
+            "firehose_mod_subscriber_cursor", "Last seq sent to a subscriber.", labels=["subscriber", "remote"]
+        )
+        for s in list(feed.subscribers.values()):
+            lag.add_metric([str(s.id), s.remote], feed.head - s.cursor)
+            cursor.add_metric([str(s.id), s.remote], s.cursor)
+        yield lag
+        yield cursor
+
+
+class ServerMetrics:
+    def __init__(self, feed: LabelFeed):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(FeedCollector(feed))
+        self.frames_sent = Counter(
+            "firehose_mod_frames_sent", "subscribeLabels frames sent.", registry=self.registry
+        )
+        self.bytes_sent = Counter(
+            "firehose_mod_bytes_sent", "subscribeLabels bytes sent.", registry=self.registry
+        )
+        self.disconnects = Counter(
+            "firehose_mod_disconnects", "subscribeLabels disconnections by reason.", ["reason"],
+            registry=self.registry,
+        )
+        self.labels_written = Counter(
+            "firehose_mod_labels_written", "Labels committed by this process.", registry=self.registry
+        )
+        self.http_requests = Counter(
+            "firehose_mod_http_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.client_frames_ignored = Counter(
+            "firehose_mod_client_frames_ignored", "Messages sent by subscribers (the protocol has none).",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""Opening the SQLite database: pragmas and versioned migrations.
+
+The schema version lives in `PRAGMA user_version`. A database newer than this code, or one
+whose label log fails its integrity checks, is corrupt internal state: a loud error, never a
+silent repair.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+MIGRATIONS: list[str] = [
+    # 1: the label log, append-only; seq is the subscribeLabels cursor.
+    """
+    CREATE TABLE labels (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        src     TEXT NOT NULL,
+        uri     TEXT NOT NULL,
+        cid     TEXT,
+        val     TEXT NOT NULL,
+        neg     INTEGER NOT NULL DEFAULT 0 CHECK (neg IN (0, 1)),
+        cts     TEXT NOT NULL,
+        exp     TEXT,
+        sig     BLOB NOT NULL,
+        key_id  TEXT NOT NULL,   -- did:key of the key that made sig
+        cbor    BLOB NOT NULL    -- the signed label exactly as sent on the wire
+    );
+    CREATE TRIGGER labels_append_only_update BEFORE UPDATE ON labels
+        BEGIN SELECT RAISE(ABORT, 'the label log is append-only: emit a negation instead'); END;
+    CREATE TRIGGER labels_append_only_delete BEFORE DELETE ON labels
+        BEGIN SELECT RAISE(ABORT, 'the label log is append-only: emit a negation instead'); END;
+    -- The latest label per (uri, val, src): what is in force, and queryLabels' answer.
+    CREATE TABLE label_state (
+        uri  TEXT NOT NULL,
+        val  TEXT NOT NULL,
+        src  TEXT NOT NULL,
+        seq  INTEGER NOT NULL REFERENCES labels(seq),
+        PRIMARY KEY (uri, val, src)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX label_state_seq ON label_state(seq);
+    """,
+]
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used by this version of firehose-mod."""
+
+
+async def open_db(path: Path, *, synchronous: str = "FULL", readonly: bool = False) -> aiosqlite.Connection:
+    """Open (and migrate, unless read-only) the database at `path` in WAL mode."""
+    if readonly:
+        conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            await _migrate(conn, path)
+        else:
+            await _check_version(conn, path)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _check_version(conn: aiosqlite.Connection, path: Path) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        (version,) = await cur.fetchone()
+    if version > len(MIGRATIONS):
+        raise SchemaError(
+            f"{path} has schema version {version} but this firehose-mod knows only {len(MIGRATIONS)}: "
+            "upgrade firehose-mod, or point FIREHOSE_MOD_DATA_DIR at another directory"
+        )
+    return version
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = await _check_version(conn, path)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(script):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration on statement ends, keeping trigger bodies whole."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        if line.strip().startswith("--") or not line.strip():
+            continue
+        buf.append(line)
+        joined = "\n".join(buf)
+        if line.rstrip().endswith(";") and (
+            "BEGIN" not in joined.upper() or line.strip().upper().endswith("END;")
+        ):
+            out.append(joined)
+            buf = []
+    return out

@@ -1,0 +1,224 @@
+"""The label log: append-only, signed, durable; `seq` is the subscribeLabels cursor.
+
+Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction):
+- emitting a label already in force (same uri, val, cid and exp, not negated, not expired)
+  is a no-op and returns None;
+- a negation is written only for a label in force;
+- a label whose `emit` returned is committed with the configured `synchronous` level
+  (FULL by default), so it survives `kill -9` of the process and a power cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
+from firehose_mod.labels.signing import SigningKey
+from firehose_mod.store.db import open_db
+from firehose_mod.store.query import build_query
+
+log = structlog.get_logger(__name__)
+
+_COLUMNS = "seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLabel:
+    """A label as committed: its seq, the signed label, the did:key that signed it and its wire CBOR."""
+
+    seq: int
+    label: Label
+    key_id: str
+    cbor: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EmitRequest:
+    """What a caller asks for; the log fills in src, cts, ver and sig."""
+
+    uri: str
+    val: str
+    cid: str | None = None
+    neg: bool = False
+    exp: str | None = None
+
+
+def _row(row: tuple) -> StoredLabel:
+    seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor = row
+    label = Label(src=src, uri=uri, val=val, cts=cts, cid=cid, neg=bool(neg), exp=exp, sig=bytes(sig))
+    return StoredLabel(seq, label, key_id, bytes(cbor))
+
+
+class LabelLog:
+    """The public API of the label log; see the module docstring for the write rules."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str):
+        self._writer = writer
+        self._reader = reader
+        self.key = key
+        self.src = src
+        self._listeners: list[Callable[[list[StoredLabel]], None]] = []
+        self._resigned: dict[int, bytes] = {}
+
+    @classmethod
+    async def open(cls, path: Path, key: SigningKey, src: str, *, synchronous: str = "FULL") -> LabelLog:
+        writer = await open_db(path, synchronous=synchronous)
+        try:
+            reader = await open_db(path, synchronous=synchronous)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader, key, src)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    def on_commit(self, listener: Callable[[list[StoredLabel]], None]) -> None:
+        """Call `listener(written)` after each commit that appended labels."""
+        self._listeners.append(listener)
+
+    # -- writing -----------------------------------------------------------------------
+    async def emit(
+        self, uri: str, val: str, *, cid: str | None = None, neg: bool = False, exp: str | None = None
+    ) -> StoredLabel | None:
+        """Append one signed label; None when it would change nothing (see module docstring)."""
+        written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
+        return written[0] if written else None
+
+    async def emit_many(self, requests: Iterable[EmitRequest]) -> list[StoredLabel]:
+        """Append several labels in one transaction; requests that change nothing are skipped."""
+        requests = list(requests)
+        for r in requests:
+            validate_label_fields(r.uri, r.val, r.cid, r.exp)
+        written: list[StoredLabel] = []
+        now = datetime.now(UTC)
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in requests:
+                current = await self._current(r.uri, r.val)
+                if not _changes_state(current, r, now):
+                    continue
+                label = self.key.sign(
+                    Label(src=self.src, uri=r.uri, val=r.val, cts=now_iso(), cid=r.cid, neg=r.neg, exp=r.exp)
+                )
+                cbor = label.to_cbor()
+                async with db.execute(
+                    "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                    (label.src, label.uri, label.cid, label.val, int(label.neg), label.cts, label.exp,
+                     label.sig, self.key.did_key, cbor),
+                ) as cur:
+                    (seq,) = await cur.fetchone()
+                await db.execute(
+                    "INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
+                    (label.uri, label.val, label.src, seq),
+                )
+                written.append(StoredLabel(seq, label, self.key.did_key, cbor))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        if written:
+            for s in written:
+                log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
+            for listener in self._listeners:
+                listener(written)
+        return written
+
+    async def _current(self, uri: str, val: str) -> Label | None:
+        async with self._writer.execute(
+            f"SELECT {_COLUMNS} FROM labels WHERE seq = "
+            "(SELECT seq FROM label_state WHERE uri = ? AND val = ? AND src = ?)",
+            (uri, val, self.src),
+        ) as cur:
+            row = await cur.fetchone()
+        return _row(row).label if row else None
+
+    # -- reading -----------------------------------------------------------------------
+    async def head(self) -> int:
+        """The highest committed seq (0 for an empty log)."""
+        async with self._reader.execute("SELECT seq FROM labels ORDER BY seq DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return row[0] if row else 0
+
+    async def read_after(self, seq: int, limit: int) -> list[StoredLabel]:
+        """Up to `limit` labels with seq greater than `seq`, in seq order."""
+        async with self._reader.execute(
+            f"SELECT {_COLUMNS} FROM labels WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def cbor_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """(seq, wire CBOR) of up to `limit` labels after `seq`: the stream's hot read path.
+
+        Labels signed by a key other than the current one (after a rotation) are re-signed
+        with the current key on the way out, so verifiers holding the new DID document key
+        accept them; the stored original is left untouched.
+        """
+        async with self._reader.execute(
+            "SELECT seq, key_id, cbor FROM labels WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ) as cur:
+            rows = await cur.fetchall()
+        current = self.key.did_key
+        out = []
+        for s, key_id, cbor in rows:
+            if key_id != current:
+                cbor = await self._resign(s)
+            out.append((s, bytes(cbor)))
+        return out
+
+    async def _resign(self, seq: int) -> bytes:
+        cached = self._resigned.get(seq)
+        if cached is None:
+            async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE seq = ?", (seq,)) as cur:
+                stored = _row(await cur.fetchone())
+            cached = self.key.sign(stored.label).to_cbor()
+            if len(self._resigned) > 100_000:
+                self._resigned.clear()
+            self._resigned[seq] = cached
+        return cached
+
+    async def query(
+        self, patterns: list[str], sources: list[str], limit: int, cursor: int = 0
+    ) -> list[StoredLabel]:
+        """The current label (latest per uri, val, src) of subjects matching `patterns`, by seq.
+
+        A pattern ending in `*` is a prefix, `*` alone matches everything, anything else is
+        exact; comparisons are exact and case-sensitive (no SQL LIKE).
+        """
+        where, params = build_query(patterns, sources)
+        sql = (
+            f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))} FROM label_state s"
+            f" JOIN labels l ON l.seq = s.seq WHERE s.seq > ? AND ({where}) ORDER BY s.seq LIMIT ?"
+        )
+        async with self._reader.execute(sql, (cursor, *params, limit)) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def history(self, uri: str) -> list[StoredLabel]:
+        """Every label ever written on `uri`, in seq order (for explain and tests)."""
+        async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE uri = ? ORDER BY seq", (uri,)) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def count(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM labels") as cur:
+            (n,) = await cur.fetchone()
+        return n
+
+
+def _changes_state(current: Label | None, r: EmitRequest, now: datetime) -> bool:
+    in_force = current is not None and current.in_force_at(now)
+    if r.neg:
+        return in_force
+    if not in_force:
+        return True
+    # Re-emitting with another cid (a new record version) or another expiry is a real change.
+    return current.cid != r.cid or current.exp != r.exp
