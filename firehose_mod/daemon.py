@@ -6,6 +6,7 @@ database is closed after the last write returned, so nothing committed is lost.
 
 from __future__ import annotations
 
+import resource
 import signal
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
@@ -66,8 +67,17 @@ async def run_server(
         task_status.started(server)
 
 
+def raise_open_file_limit() -> None:
+    """Each subscriber is a socket: lift the soft descriptor limit to the hard one (often 1024 -> more)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("daemon.open_files", limit=hard)
+
+
 async def serve_forever(settings: Settings) -> None:
     """`firehose-mod serve`: the label server until SIGTERM or SIGINT."""
+    raise_open_file_limit()
     async with open_label_log(settings) as label_log, anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
         await tg.start(run_server, settings, label_log)

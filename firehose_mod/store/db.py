@@ -41,6 +41,68 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX label_state_seq ON label_state(seq);
     """,
+    # 2: ingest: source cursors, tracks seen, the durable scan queue, dead letters, repo events.
+    """
+    CREATE TABLE source_cursors (
+        source   TEXT PRIMARY KEY,
+        cursor   INTEGER NOT NULL,
+        updated  TEXT NOT NULL
+    );
+    -- The latest known version of each track record (deleted = 1 once deleted).
+    CREATE TABLE tracks (
+        uri      TEXT PRIMARY KEY,
+        did      TEXT NOT NULL,
+        rkey     TEXT NOT NULL,
+        cid      TEXT,
+        rev      TEXT NOT NULL DEFAULT '',   -- repo revision (TID) of the last applied event
+        record   TEXT,                       -- JSON
+        deleted  INTEGER NOT NULL DEFAULT 0,
+        first_seen TEXT NOT NULL,
+        updated  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tracks_did ON tracks(did);
+    -- Work for the scan workers. (uri, cid, operation) is unique: a replayed event is a no-op.
+    CREATE TABLE scan_jobs (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        uri       TEXT NOT NULL,
+        cid       TEXT NOT NULL DEFAULT '',
+        operation TEXT NOT NULL CHECK (operation IN ('create', 'update', 'delete', 'rescan')),
+        source    TEXT NOT NULL,
+        cursor    INTEGER,
+        state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        error     TEXT,
+        created   TEXT NOT NULL,
+        finished  TEXT,
+        UNIQUE (uri, cid, operation)
+    );
+    CREATE INDEX scan_jobs_pending ON scan_jobs(state, not_before, id);
+    CREATE TABLE dead_letters (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        source   TEXT NOT NULL,
+        cursor   INTEGER,
+        reason   TEXT NOT NULL,
+        detail   TEXT NOT NULL,
+        did      TEXT,
+        uri      TEXT,
+        raw      BLOB,
+        created  TEXT NOT NULL
+    );
+    CREATE TABLE repo_events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        did      TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        active   INTEGER,
+        status   TEXT,
+        handle   TEXT,
+        source   TEXT NOT NULL,
+        cursor   INTEGER,
+        created  TEXT NOT NULL,
+        UNIQUE (source, cursor, did, kind)
+    );
+    CREATE INDEX repo_events_did ON repo_events(did, id);
+    """,
 ]
 
 

@@ -1,0 +1,127 @@
+"""Jetstream (v1 `/subscribe` wire format): JSON events, optionally zstd with Jetstream's dictionary.
+
+`decode_jetstream` is pure: one frame in, a `Decoded` out. Upstream data is user input:
+a frame that cannot be used becomes a dead letter with its reason, never an exception.
+Frames of collections we do not watch are skipped before JSON parsing (the cursor is
+read from the raw bytes), which is what keeps a full-network stream cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import zstandard
+
+from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
+from firehose_mod.ingest.filters import Collections
+from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
+
+SOURCE = "jetstream"
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+_TIME_US = re.compile(rb'"time_us"\s*:\s*(\d{1,20})')
+_RKEY_RE = re.compile(r"^[A-Za-z0-9._:~-]{1,512}$")
+_DID_RE = re.compile(r"^did:[a-z]+:[A-Za-z0-9._:%-]{1,2048}$")
+
+
+def zstd_dictionary() -> zstandard.ZstdCompressionDict:
+    """Jetstream's published v1 dictionary (dict ID 1612007021), shipped with this package."""
+    data = resources.files("firehose_mod.ingest").joinpath("jetstream-v1.zdict").read_bytes()
+    return zstandard.ZstdCompressionDict(data)
+
+
+class Decompressor:
+    """Decompresses `compress=true` frames (one zstd frame per message, Jetstream's dictionary)."""
+
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor(dict_data=zstd_dictionary())
+
+    def __call__(self, data: bytes) -> bytes:
+        return self._d.decompress(data, max_output_size=MAX_FRAME_BYTES + 1)
+
+
+def _dead(reason: str, detail: str, raw: bytes | str, cursor: int | None = None, **kw) -> Decoded:
+    raw_b = raw.encode() if isinstance(raw, str) else raw
+    return Decoded(cursor=cursor, dead=[DeadLetter(reason, detail, cursor=cursor, raw=raw_b[:4096], source=SOURCE, **kw)])
+
+
+def decode_jetstream(
+    frame: bytes | str, collections: Collections, *, decompress: Decompressor | None = None,
+    watched_dids: set[str] | frozenset[str] = frozenset(),
+) -> Decoded:
+    """Decode one Jetstream message. Identity/account events are kept for `watched_dids` only."""
+    if isinstance(frame, bytes) and decompress is not None:
+        try:
+            raw = decompress(frame)
+        except zstandard.ZstdError as exc:
+            return _dead("bad_compression", f"zstd: {exc}", frame)
+    else:
+        raw = frame.encode() if isinstance(frame, str) else frame
+    if len(raw) > MAX_FRAME_BYTES:
+        m = _TIME_US.search(raw[:4096]) or _TIME_US.search(raw)
+        return _dead("oversized", f"{len(raw)} bytes > {MAX_FRAME_BYTES}", raw[:4096], int(m.group(1)) if m else None)
+    m = _TIME_US.search(raw)
+    if m is not None and not _could_matter(raw, collections, watched_dids):
+        return Decoded(cursor=int(m.group(1)), skipped=1)
+    try:
+        event = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _dead("malformed_json", str(exc)[:200], raw, int(m.group(1)) if m else None)
+    if not isinstance(event, dict):
+        return _dead("malformed_event", "not a JSON object", raw)
+    time_us = event.get("time_us")
+    if isinstance(time_us, bool) or not isinstance(time_us, int) or time_us <= 0:
+        return _dead("malformed_event", f"time_us missing or not a positive integer: {str(time_us)[:40]}", raw)
+    did = event.get("did")
+    if not isinstance(did, str) or not _DID_RE.match(did):
+        return _dead("malformed_event", f"did missing or invalid: {str(did)[:80]}", raw, time_us)
+    kind = event.get("kind")
+    if kind == "commit":
+        return _decode_commit(event, did, time_us, raw, collections)
+    if kind in ("identity", "account"):
+        if did not in watched_dids:
+            return Decoded(cursor=time_us, skipped=1)
+        body = event.get(kind)
+        if not isinstance(body, dict):
+            return _dead("malformed_event", f"{kind} event without a {kind} object", raw, time_us, did=did)
+        active = body.get("active") if isinstance(body.get("active"), bool) else None
+        status = body.get("status") if isinstance(body.get("status"), str) else None
+        handle = body.get("handle") if isinstance(body.get("handle"), str) else None
+        return Decoded(cursor=time_us, events=[RepoEvent(did, kind, time_us, active, status, handle, SOURCE)])
+    return Decoded(cursor=time_us, skipped=1)  # kinds added after v1 are not ours to judge
+
+
+def _could_matter(raw: bytes, collections: Collections, watched_dids) -> bool:
+    """Cheap pre-filter on the raw bytes: False only when the event is surely irrelevant."""
+    if b'"kind":"commit"' in raw or b'"kind": "commit"' in raw:
+        return any(c.encode() in raw for c in collections.exact) or any(p.encode() in raw for p in collections.prefixes)
+    return bool(watched_dids)
+
+
+def _decode_commit(event: dict, did: str, time_us: int, raw: bytes, collections: Collections) -> Decoded:
+    commit = event.get("commit")
+    if not isinstance(commit, dict):
+        return _dead("malformed_event", "commit event without a commit object", raw, time_us, did=did)
+    collection, rkey, op = commit.get("collection"), commit.get("rkey"), commit.get("operation")
+    if not isinstance(collection, str) or not collections.matches(collection):
+        return Decoded(cursor=time_us, skipped=1)
+    if collection != TRACK_COLLECTION:
+        return Decoded(cursor=time_us, skipped=1)  # other fm.plyr.* records: nothing to scan yet
+    if not isinstance(rkey, str) or not _RKEY_RE.match(rkey):
+        return _dead("malformed_event", f"invalid rkey {str(rkey)[:80]!r}", raw, time_us, did=did)
+    uri = f"at://{did}/{collection}/{rkey}"
+    rev = commit.get("rev") if isinstance(commit.get("rev"), str) else ""
+    if op == "delete":
+        return Decoded(cursor=time_us, events=[TrackEvent(did, collection, rkey, "delete", None, None, time_us, rev, SOURCE)])
+    if op not in ("create", "update"):
+        return _dead("malformed_event", f"unknown operation {str(op)[:40]!r}", raw, time_us, did=did, uri=uri)
+    record, cid = commit.get("record"), commit.get("cid")
+    if not isinstance(cid, str) or not cid:
+        return _dead("malformed_event", f"{op} without a cid", raw, time_us, did=did, uri=uri)
+    if len(raw) > MAX_RECORD_BYTES:
+        return _dead("oversized_record", f"{len(raw)} bytes", raw, time_us, did=did, uri=uri)
+    problems = validate_track(record)
+    if problems:
+        return _dead("lexicon", "; ".join(problems), raw, time_us, did=did, uri=uri)
+    return Decoded(cursor=time_us, events=[TrackEvent(did, collection, rkey, op, cid, record, time_us, rev, SOURCE)])

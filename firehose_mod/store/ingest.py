@@ -1,0 +1,198 @@
+"""The ingest side of the database: source cursors, tracks, the scan queue, dead letters.
+
+`IngestStore.commit` writes a batch of events and advances the source cursor in ONE
+transaction, so the cursor never runs ahead of the work it covers and a crash between
+two batches repeats at most work that is then recognised as already done:
+- a track version is applied only if it is newer than the one stored (by repo `rev`),
+- a scan job is unique by (uri, cid, operation),
+- repo events are unique by (source, cursor, did, kind).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from firehose_mod.ingest.events import DeadLetter, RepoEvent, TrackEvent
+from firehose_mod.labels.model import now_iso
+from firehose_mod.store.db import open_db
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    enqueued: int
+    duplicates: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanJob:
+    id: int
+    uri: str
+    cid: str
+    operation: str
+    attempts: int
+    record: dict | None
+
+
+class IngestStore:
+    """Typed access to the ingest tables; one writer connection."""
+
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> IngestStore:
+        return cls(await open_db(path, synchronous=synchronous))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def cursor(self, source: str) -> int | None:
+        """The saved cursor of `source`, or None if it never committed."""
+        async with self._db.execute("SELECT cursor FROM source_cursors WHERE source = ?", (source,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def commit(
+        self, source: str, cursor: int | None, events: Sequence[TrackEvent | RepoEvent],
+        dead: Sequence[DeadLetter] = (),
+    ) -> CommitResult:
+        """Apply `events`, keep `dead` letters and advance `source`'s cursor, atomically."""
+        db = self._db
+        now = now_iso()
+        enqueued = duplicates = 0
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for ev in events:
+                if isinstance(ev, TrackEvent):
+                    if await self._apply_track(ev, source, now):
+                        enqueued += 1
+                    else:
+                        duplicates += 1
+                else:
+                    cur = await db.execute(
+                        "INSERT OR IGNORE INTO repo_events (did, kind, active, status, handle, source, cursor, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (ev.did, ev.kind, None if ev.active is None else int(ev.active), ev.status, ev.handle,
+                         source, ev.cursor, now),
+                    )
+                    if cur.rowcount == 0:
+                        duplicates += 1
+            for d in dead:
+                await db.execute(
+                    "INSERT INTO dead_letters (source, cursor, reason, detail, did, uri, raw, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (source, d.cursor, d.reason, d.detail[:2000], d.did, d.uri, d.raw[:65536], now),
+                )
+            if cursor is not None:
+                await db.execute(
+                    "INSERT INTO source_cursors (source, cursor, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT (source) DO UPDATE SET cursor = max(cursor, excluded.cursor), updated = excluded.updated",
+                    (source, cursor, now),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return CommitResult(enqueued, duplicates, len(dead))
+
+    async def _apply_track(self, ev: TrackEvent, source: str, now: str) -> bool:
+        """Record the event and enqueue its scan; False when it is already known or older."""
+        db = self._db
+        async with db.execute("SELECT cid, rev, deleted FROM tracks WHERE uri = ?", (ev.uri,)) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            cid, rev, deleted = row
+            if ev.rev and rev and ev.rev <= rev:
+                return False  # a replayed or out-of-order event: a newer version is applied
+            if not ev.rev and rev:
+                return False  # backfill never overrides what a live source applied
+            if ev.operation == "delete" and deleted:
+                return False
+            if ev.operation != "delete" and not deleted and cid == ev.cid:
+                return False  # same version: an update that changed nothing
+        deleted = ev.operation == "delete"
+        await db.execute(
+            "INSERT INTO tracks (uri, did, rkey, cid, rev, record, deleted, first_seen, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid,"
+            " rev = excluded.rev, record = coalesce(excluded.record, tracks.record), deleted = excluded.deleted,"
+            " updated = excluded.updated",
+            (ev.uri, ev.did, ev.rkey, ev.cid, ev.rev, None if deleted else json.dumps(ev.record),
+             int(deleted), now, now),
+        )
+        cur = await db.execute(
+            "INSERT OR IGNORE INTO scan_jobs (uri, cid, operation, source, cursor, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (ev.uri, ev.cid or "", ev.operation, source, ev.cursor, now),
+        )
+        return cur.rowcount > 0
+
+    # -- the scan queue ---------------------------------------------------------------------
+    async def requeue_running(self) -> int:
+        """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
+        cur = await self._db.execute("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
+        return cur.rowcount
+
+    async def claim(self, limit: int) -> list[ScanJob]:
+        """Mark up to `limit` due pending jobs as running and return them, oldest first."""
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute(
+                "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record FROM scan_jobs j"
+                " LEFT JOIN tracks t ON t.uri = j.uri"
+                " WHERE j.state = 'pending' AND j.not_before <= ? ORDER BY j.id LIMIT ?",
+                (time.time(), limit),
+            ) as cur:
+                rows = await cur.fetchall()
+            await db.executemany(
+                "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None) for r in rows]
+
+    async def finish(self, job_id: int) -> None:
+        await self._db.execute(
+            "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
+        )
+
+    async def retry_later(self, job_id: int, error: str, delay: float, *, give_up: bool = False) -> None:
+        """Record a failure: back to pending after `delay` seconds, or 'failed' for good."""
+        await self._db.execute(
+            "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
+            ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by state, dead letters and tracks: for status and metrics."""
+        out: dict[str, int] = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+        async with self._db.execute("SELECT state, count(*) FROM scan_jobs GROUP BY state") as cur:
+            out.update({state: n for state, n in await cur.fetchall()})
+        async with self._db.execute("SELECT count(*) FROM dead_letters") as cur:
+            out["dead_letters"] = (await cur.fetchone())[0]
+        async with self._db.execute("SELECT count(*) FROM tracks WHERE deleted = 0") as cur:
+            out["tracks"] = (await cur.fetchone())[0]
+        return out
+
+    async def dead_letters(self, limit: int = 50) -> list[dict]:
+        async with self._db.execute(
+            "SELECT id, source, cursor, reason, detail, did, uri, created FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r)) for r in await cur.fetchall()]
+
+    async def jobs(self, uri: str) -> list[dict]:
+        async with self._db.execute(
+            "SELECT id, uri, cid, operation, state, attempts, error FROM scan_jobs WHERE uri = ? ORDER BY id", (uri,)
+        ) as cur:
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r)) for r in await cur.fetchall()]
