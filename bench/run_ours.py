@@ -50,7 +50,7 @@ async def _emit(label_log, count: int, rate: float, val: str) -> None:
 
 async def _commands(label_log) -> None:
     while True:
-        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
         if not line:
             return
         parts = line.split()

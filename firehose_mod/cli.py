@@ -30,7 +30,8 @@ FIREHOSE_MOD_DID, ...); the environment wins over the file.
 
 EPILOG = """\
 examples:
-  firehose-mod serve                                   run the label server
+  firehose-mod run                                     the daemon: ingest + scan + label server
+  firehose-mod serve                                   the label server alone
   firehose-mod key show                                the did:key for your DID document
   firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn
   firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn --neg
@@ -51,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "console"], help="log format (default json)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the label server (subscribeLabels, queryLabels, metrics)")
-    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    run = sub.add_parser("run", help="the daemon: ingest from the network, scan workers and the label server")
+    serve = sub.add_parser("serve", help="the label server only (subscribeLabels, queryLabels, metrics)")
+    for p_ in (run, serve):
+        p_.add_argument("--host", help="listen address (default 127.0.0.1)")
+        p_.add_argument("--port", type=int, help="listen port (default 8080)")
+    run.add_argument("--source", choices=["jetstream", "firehose", "none"], help="ingest source (default jetstream)")
 
     key = sub.add_parser("key", help="the labeler's signing key").add_subparsers(dest="key_command", required=True)
     show = key.add_parser("show", help="print the public key as did:key (for #atproto_label)")
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             log_format=args.log_format,
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            ingest_source=getattr(args, "source", None),
         )
     except ConfigError as exc:
         print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)

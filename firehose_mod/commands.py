@@ -13,7 +13,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from firehose_mod.config import Settings
-from firehose_mod.daemon import load_key, open_label_log, serve_forever
+from firehose_mod.daemon import load_key, open_label_log, run_forever, serve_forever
 from firehose_mod.labels.model import Label
 from firehose_mod.server.app import SUBSCRIBE, did_document
 
@@ -26,6 +26,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "serve":
             await serve_forever(settings)
+            return 0
+        case "run":
+            await run_forever(settings)
             return 0
         case "key":
             return key_show(settings, args.json)

@@ -69,6 +69,29 @@ class Settings:
         default=0.25,
         metadata=_meta("stream", "poll_interval", "seconds between checks for labels written by other processes"),
     )
+    ingest_source: str = field(
+        default="jetstream", metadata=_meta("ingest", "source", "jetstream, firehose, or none (serve labels only)")
+    )
+    collections: tuple[str, ...] = field(
+        default=("fm.plyr.track",), metadata=_meta("ingest", "collections", "NSIDs or prefixes like fm.plyr.*")
+    )
+    jetstream_endpoints: tuple[str, ...] = field(
+        default=("wss://jetstream1.us-east.bsky.network", "wss://jetstream2.us-east.bsky.network"),
+        metadata=_meta("ingest", "jetstream_endpoints", "Jetstream base URLs, tried in turn (failover)"),
+    )
+    jetstream_compress: bool = field(
+        default=True, metadata=_meta("ingest", "jetstream_compress", "zstd frames with Jetstream's dictionary")
+    )
+    relay_endpoints: tuple[str, ...] = field(
+        default=("wss://bsky.network",), metadata=_meta("ingest", "relay_endpoints", "relay base URLs for firehose")
+    )
+    ingest_read_timeout: float = field(
+        default=60.0, metadata=_meta("ingest", "read_timeout", "seconds of silence before reconnecting")
+    )
+    negate_on_delete: bool = field(
+        default=True, metadata=_meta("ingest", "negate_on_delete", "negate a track's labels when it is deleted")
+    )
+    scan_workers: int = field(default=2, metadata=_meta("scan", "workers", "concurrent scan jobs"))
     log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
     log_format: str = field(default="json", metadata=_meta("log", "format", "json (for journald) or console"))
 
@@ -94,6 +117,18 @@ def env_name(name: str) -> str:
 def _coerce(f: dataclasses.Field, raw: Any, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
+        if kind.startswith("tuple"):
+            if isinstance(raw, str):
+                raw = [part.strip() for part in raw.split(",") if part.strip()]
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                raise ValueError
+            return tuple(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return raw.lower() in ("1", "true", "yes", "on")
+            raise ValueError
         if "Path" in kind:
             return None if raw in ("", None) else Path(str(raw)).expanduser()
         if kind == "int":
@@ -177,3 +212,19 @@ def validate(s: Settings) -> None:
         raise bad("log_format", f"{s.log_format!r}: use json or console")
     if s.public_url and not s.public_url.startswith(("https://", "http://")):
         raise bad("public_url", f"{s.public_url!r} must start with https://")
+    if s.ingest_source not in ("jetstream", "firehose", "none"):
+        raise bad("ingest_source", f"{s.ingest_source!r}: use jetstream (default), firehose or none")
+    try:
+        from firehose_mod.ingest.filters import Collections
+
+        Collections.parse(list(s.collections))
+    except ValueError as exc:
+        raise bad("collections", str(exc)) from None
+    for name in ("jetstream_endpoints", "relay_endpoints"):
+        for url in getattr(s, name):
+            if not url.startswith(("ws://", "wss://")):
+                raise bad(name, f"{url!r} must be a ws:// or wss:// URL")
+    if s.ingest_read_timeout <= 0:
+        raise bad("ingest_read_timeout", "must be a positive number of seconds")
+    if s.scan_workers < 1:
+        raise bad("scan_workers", "must be at least 1")

@@ -83,6 +83,82 @@ async def serve_forever(settings: Settings) -> None:
         await tg.start(run_server, settings, label_log)
 
 
+def build_source(settings: Settings, watched_dids: set[str]):
+    """The configured ingest source, or None for `ingest_source = "none"`."""
+    from firehose_mod.ingest.filters import Collections
+    from firehose_mod.ingest.reconnect import Backoff
+
+    collections = Collections.parse(list(settings.collections))
+    if settings.ingest_source == "jetstream":
+        from firehose_mod.ingest.jetstream import JetstreamSource
+
+        return JetstreamSource(
+            list(settings.jetstream_endpoints), collections, compress=settings.jetstream_compress,
+            read_timeout=settings.ingest_read_timeout, backoff=Backoff(), watched_dids=watched_dids,
+        )
+    if settings.ingest_source == "firehose":
+        from firehose_mod.ingest.firehose import FirehoseSource
+
+        return FirehoseSource(
+            list(settings.relay_endpoints), collections, read_timeout=settings.ingest_read_timeout,
+            backoff=Backoff(), watched_dids=watched_dids,
+        )
+    return None
+
+
+async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyio.TASK_STATUS_IGNORED) -> None:
+    """`firehose-mod run`: ingest, scan workers and the label server in one task group."""
+    from firehose_mod.ingest.pipeline import IngestPipeline
+    from firehose_mod.scan.worker import ScanWorkers
+    from firehose_mod.store.ingest import IngestStore
+
+    async with open_label_log(settings) as label_log:
+        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
+        try:
+            watched = await store.known_dids()
+            source = build_source(settings, watched)
+            workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
+                                  negate_on_delete=settings.negate_on_delete)
+
+            def on_commit(n: int) -> None:
+                workers.wake()
+
+            async with anyio.create_task_group() as tg:
+                server = await tg.start(run_server, settings, label_log)
+                tg.start_soon(workers.run)
+                parts = {"server": server, "workers": workers, "store": store, "source": source}
+                if source is not None:
+                    pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
+                    start = await store.cursor(source.name)
+                    log.info("ingest.starting", source=source.name, cursor=start,
+                             collections=list(settings.collections))
+                    tg.start_soon(pipeline.run_flusher)
+                    tg.start_soon(source.run, _tracking_sink(pipeline, watched), start)
+                    parts["pipeline"] = pipeline
+                task_status.started(parts)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+
+def _tracking_sink(pipeline, watched: set[str]):
+    async def sink(decoded) -> None:
+        for ev in decoded.events:
+            if getattr(ev, "collection", None):
+                watched.add(ev.did)
+        await pipeline.sink(decoded)
+
+    return sink
+
+
+async def run_forever(settings: Settings) -> None:
+    """`firehose-mod run` until SIGTERM or SIGINT."""
+    raise_open_file_limit()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+        await tg.start(run_daemon, settings)
+
+
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:

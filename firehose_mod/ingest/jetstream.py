@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from urllib.parse import urlencode
 
+import anyio
+import structlog
 import zstandard
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
+from firehose_mod.ingest.reconnect import Backoff
+
+log = structlog.get_logger(__name__)
 
 SOURCE = "jetstream"
 MAX_FRAME_BYTES = 2 * 1024 * 1024
@@ -125,3 +134,88 @@ def _decode_commit(event: dict, did: str, time_us: int, raw: bytes, collections:
     if problems:
         return _dead("lexicon", "; ".join(problems), raw, time_us, did=did, uri=uri)
     return Decoded(cursor=time_us, events=[TrackEvent(did, collection, rkey, op, cid, record, time_us, rev, SOURCE)])
+
+
+class JetstreamSource:
+    """Follows Jetstream endpoints in turn, reconnecting with backoff and resuming by cursor.
+
+    The sink is called once per frame, in order; the caller batches and commits. On
+    reconnect the stream resumes from the last cursor handed to the sink minus
+    `margin_us` (Jetstream's time_us cursors are not unique per event), and the
+    store's idempotence drops what is repeated.
+    """
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        collections: Collections,
+        *,
+        compress: bool = False,
+        read_timeout: float = 60.0,
+        margin_us: int = 5_000_000,
+        backoff: Backoff | None = None,
+        connect=None,
+        watched_dids: set[str] | None = None,
+    ):
+        if not endpoints:
+            raise ValueError("at least one Jetstream endpoint is needed")
+        self.endpoints = endpoints
+        self.collections = collections
+        self.compress = compress
+        self.read_timeout = read_timeout
+        self.margin_us = margin_us
+        self.backoff = backoff or Backoff()
+        self._connect = connect or ws_connect
+        self.watched_dids = watched_dids if watched_dids is not None else set()
+        self.stats = {"frames": 0, "bytes": 0, "reconnects": 0, "dead": 0, "events": 0, "skipped": 0}
+        self.cursor: int | None = None
+        self.endpoint_index = 0
+
+    def url(self, endpoint: str) -> str:
+        params = [("wantedCollections", c) for c in self.collections.query_values()]
+        if self.compress:
+            params.append(("compress", "true"))
+        if self.cursor is not None:
+            params.append(("cursor", str(max(0, self.cursor - self.margin_us))))
+        base = endpoint.rstrip("/")
+        if not base.endswith("/subscribe"):
+            base += "/subscribe"
+        return f"{base}?{urlencode(params)}"
+
+    async def run(self, sink: Callable[[Decoded], Awaitable[None]], start_cursor: int | None) -> None:
+        """Stream until cancelled; every failure is logged, counted and followed by a reconnect."""
+        self.cursor = start_cursor
+        decompress = Decompressor() if self.compress else None
+        while True:
+            endpoint = self.endpoints[self.endpoint_index % len(self.endpoints)]
+            url = self.url(endpoint)
+            bound = log.bind(source=SOURCE, endpoint=endpoint)
+            try:
+                async with self._connect(url, max_size=16 * 1024 * 1024, compression=None, open_timeout=10,
+                                         ping_interval=20, ping_timeout=20) as ws:
+                    self.backoff.connected()
+                    bound.info("ingest.connected", cursor=self.cursor)
+                    while True:
+                        with anyio.fail_after(self.read_timeout):
+                            frame = await ws.recv()
+                        self.stats["frames"] += 1
+                        self.stats["bytes"] += len(frame)
+                        decoded = decode_jetstream(frame, self.collections, decompress=decompress,
+                                                   watched_dids=self.watched_dids)
+                        self.stats["events"] += len(decoded.events)
+                        self.stats["dead"] += len(decoded.dead)
+                        self.stats["skipped"] += decoded.skipped
+                        await sink(decoded)
+                        if decoded.cursor is not None:
+                            self.cursor = decoded.cursor if self.cursor is None else max(self.cursor, decoded.cursor)
+            except TimeoutError:
+                bound.warning("ingest.silent", seconds=self.read_timeout, hint="no frame within read_timeout; reconnecting")
+            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI) as exc:
+                bound.warning("ingest.disconnected", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.stats["reconnects"] += 1
+            self.endpoint_index += 1  # fail over to the next endpoint
+            delay = self.backoff.delay()
+            log.info("ingest.reconnecting", source=SOURCE, in_seconds=round(delay, 2), cursor=self.cursor)
+            await anyio.sleep(delay)

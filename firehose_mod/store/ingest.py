@@ -132,6 +132,11 @@ class IngestStore:
         )
         return cur.rowcount > 0
 
+    async def known_dids(self) -> set[str]:
+        """DIDs that have published tracks: whose identity and account events we keep."""
+        async with self._db.execute("SELECT DISTINCT did FROM tracks") as cur:
+            return {r[0] for r in await cur.fetchall()}
+
     # -- the scan queue ---------------------------------------------------------------------
     async def requeue_running(self) -> int:
         """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""

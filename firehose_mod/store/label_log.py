@@ -203,6 +203,17 @@ class LabelLog:
         async with self._reader.execute(sql, (cursor, *params, limit)) as cur:
             return [_row(r) for r in await cur.fetchall()]
 
+    async def in_force(self, uri: str) -> list[Label]:
+        """The labels of this labeler currently in force on `uri` (not negated, not expired)."""
+        async with self._reader.execute(
+            f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))} FROM label_state s"
+            " JOIN labels l ON l.seq = s.seq WHERE s.uri = ? AND s.src = ? ORDER BY s.seq",
+            (uri, self.src),
+        ) as cur:
+            rows = [_row(r) for r in await cur.fetchall()]
+        now = datetime.now(UTC)
+        return [r.label for r in rows if r.label.in_force_at(now)]
+
     async def history(self, uri: str) -> list[StoredLabel]:
         """Every label ever written on `uri`, in seq order (for explain and tests)."""
         async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE uri = ? ORDER BY seq", (uri,)) as cur:

@@ -1,0 +1,83 @@
+"""Scan workers: take jobs from the durable queue, act on them, mark them done.
+
+Today a worker handles deletes (negating the track's labels in force, when configured)
+and completes creates and updates with the scanners registered (none yet: the scanners
+and the policy are the next issue). A failing job is retried with backoff and never
+blocks the queue; a stop puts in-flight jobs back to pending.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+
+from firehose_mod.store import EmitRequest, LabelLog
+from firehose_mod.store.ingest import IngestStore, ScanJob
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 8
+
+
+class ScanWorkers:
+    def __init__(self, store: IngestStore, label_log: LabelLog, *, concurrency: int = 2,
+                 negate_on_delete: bool = True, idle_poll: float = 1.0):
+        self.store = store
+        self.label_log = label_log
+        self.concurrency = concurrency
+        self.negate_on_delete = negate_on_delete
+        self.idle_poll = idle_poll
+        self._wake = anyio.Event()
+        self.stats = {"done": 0, "failed": 0, "retried": 0, "negated": 0}
+
+    def wake(self, _n: int = 0) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Process jobs until cancelled; jobs left 'running' by a crash are requeued first."""
+        requeued = await self.store.requeue_running()
+        if requeued:
+            log.info("scan.requeued", jobs=requeued, why="left running by the previous process")
+        while True:
+            jobs = await self.store.claim(self.concurrency)
+            if not jobs:
+                with anyio.move_on_after(self.idle_poll):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            async with anyio.create_task_group() as tg:
+                for job in jobs:
+                    tg.start_soon(self._run_one, job)
+
+    async def _run_one(self, job: ScanJob) -> None:
+        bound = log.bind(job=job.id, uri=job.uri, cid=job.cid, operation=job.operation)
+        try:
+            await self.process(job)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.store.retry_later(job.id, "interrupted by shutdown", 0)
+            raise
+        except Exception as exc:  # a failing job is logged and retried, never fatal
+            give_up = job.attempts >= MAX_ATTEMPTS
+            delay = min(3600.0, 2.0 ** job.attempts)
+            await self.store.retry_later(job.id, f"{type(exc).__name__}: {exc}", delay, give_up=give_up)
+            self.stats["failed" if give_up else "retried"] += 1
+            bound.warning("scan.job_failed", error=str(exc)[:300], attempts=job.attempts, give_up=give_up,
+                          retry_in=None if give_up else delay)
+            return
+        await self.store.finish(job.id)
+        self.stats["done"] += 1
+        bound.debug("scan.job_done")
+
+    async def process(self, job: ScanJob) -> None:
+        if job.operation == "delete":
+            if self.negate_on_delete:
+                labels = await self.label_log.in_force(job.uri)
+                written = await self.label_log.emit_many(
+                    [EmitRequest(job.uri, label.val, cid=label.cid, neg=True) for label in labels]
+                )
+                self.stats["negated"] += len(written)
+                if written:
+                    log.info("scan.negated_on_delete", uri=job.uri, values=[w.label.val for w in written])
+            return
+        # create / update / rescan: scanners and policy are registered here by the scan issue.
