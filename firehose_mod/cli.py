@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import anyio
 
 from firehose_mod import __version__
-from firehose_mod.config import ConfigError, Settings, load_settings
+from firehose_mod.config import ConfigError, load_settings
 from firehose_mod.labels.model import LabelError
 from firehose_mod.labels.signing import KeyError_
 from firehose_mod.logs import configure_logging

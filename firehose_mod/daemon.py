@@ -43,7 +43,8 @@ async def open_label_log(settings: Settings) -> AsyncIterator[LabelLog]:
     try:
         yield label_log
     finally:
-        await label_log.close()
+        with anyio.CancelScope(shield=True):  # also on cancellation: an open connection keeps its thread alive
+            await label_log.close()
 
 
 async def run_server(

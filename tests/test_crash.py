@@ -11,7 +11,7 @@ import pytest
 
 from firehose_mod.labels import verify_label
 
-from tests.procs import env_for, free_port, json_lines, run_cli, start_server
+from tests.procs import env_for, free_port, run_cli, start_server
 from tests.stream_client import Received, collect, subscribe
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

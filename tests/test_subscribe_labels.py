@@ -48,7 +48,6 @@ async def test_atproto_sdk_client_receives_and_verifies_every_label(running: Run
 
 
 async def test_sdk_client_gets_future_cursor_as_an_error(running: Running):
-    from atproto_client.exceptions import ModelError  # noqa: F401  (import check: SDK installed)
     from atproto_firehose.exceptions import FirehoseError
 
     await fill(running.log, 2)

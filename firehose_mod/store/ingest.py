@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 from firehose_mod.ingest.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
@@ -45,6 +46,8 @@ class IngestStore:
 
     def __init__(self, db: aiosqlite.Connection):
         self._db = db
+        # The pipeline and the workers share this connection: writes must not interleave.
+        self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL") -> IngestStore:
@@ -64,6 +67,10 @@ class IngestStore:
         dead: Sequence[DeadLetter] = (),
     ) -> CommitResult:
         """Apply `events`, keep `dead` letters and advance `source`'s cursor, atomically."""
+        async with self._lock:
+            return await self._commit(source, cursor, events, dead)
+
+    async def _commit(self, source, cursor, events, dead) -> CommitResult:
         db = self._db
         now = now_iso()
         enqueued = duplicates = 0
@@ -98,7 +105,8 @@ class IngestStore:
                 )
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            with anyio.CancelScope(shield=True):
+                await db.execute("ROLLBACK")
             raise
         return CommitResult(enqueued, duplicates, len(dead))
 
@@ -140,11 +148,16 @@ class IngestStore:
     # -- the scan queue ---------------------------------------------------------------------
     async def requeue_running(self) -> int:
         """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
-        cur = await self._db.execute("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
-        return cur.rowcount
+        async with self._lock:
+            cur = await self._db.execute("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
+            return cur.rowcount
 
     async def claim(self, limit: int) -> list[ScanJob]:
         """Mark up to `limit` due pending jobs as running and return them, oldest first."""
+        async with self._lock:
+            return await self._claim(limit)
+
+    async def _claim(self, limit: int) -> list[ScanJob]:
         db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
@@ -160,21 +173,24 @@ class IngestStore:
             )
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            with anyio.CancelScope(shield=True):
+                await db.execute("ROLLBACK")
             raise
         return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None) for r in rows]
 
     async def finish(self, job_id: int) -> None:
-        await self._db.execute(
-            "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
-        )
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
+            )
 
     async def retry_later(self, job_id: int, error: str, delay: float, *, give_up: bool = False) -> None:
         """Record a failure: back to pending after `delay` seconds, or 'failed' for good."""
-        await self._db.execute(
-            "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
-            ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
-        )
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
+                ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
+            )
 
     async def counts(self) -> dict[str, int]:
         """Jobs by state, dead letters and tracks: for status and metrics."""

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
+import anyio
 import structlog
 
-from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
+from firehose_mod.labels.model import Label, now_iso, validate_label_fields
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db
 from firehose_mod.store.query import build_query
@@ -64,6 +65,8 @@ class LabelLog:
         self.key = key
         self.src = src
         self._listeners: list[Callable[[list[StoredLabel]], None]] = []
+        # One connection, many tasks: transactions must not interleave on it.
+        self._write_lock = anyio.Lock()
         self._resigned: dict[int, bytes] = {}
 
     @classmethod
@@ -97,6 +100,16 @@ class LabelLog:
         requests = list(requests)
         for r in requests:
             validate_label_fields(r.uri, r.val, r.cid, r.exp)
+        async with self._write_lock:
+            written = await self._append(requests)
+        if written:
+            for s in written:
+                log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
+            for listener in self._listeners:
+                listener(written)
+        return written
+
+    async def _append(self, requests: list[EmitRequest]) -> list[StoredLabel]:
         written: list[StoredLabel] = []
         now = datetime.now(UTC)
         db = self._writer
@@ -125,13 +138,9 @@ class LabelLog:
                 written.append(StoredLabel(seq, label, self.key.did_key, cbor))
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            with anyio.CancelScope(shield=True):
+                await db.execute("ROLLBACK")
             raise
-        if written:
-            for s in written:
-                log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
-            for listener in self._listeners:
-                listener(written)
         return written
 
     async def _current(self, uri: str, val: str) -> Label | None:

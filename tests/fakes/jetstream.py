@@ -94,6 +94,7 @@ class FakeJetstream:
     faults: Faults = field(default_factory=Faults)
     connections: list[str] = field(default_factory=list)
     port: int = 0
+    pace: float = 0.0  # seconds between frames, to stream like a live network
     live: anyio.Event = field(default_factory=anyio.Event)
 
     def _wanted(self, query: dict) -> tuple[set[str], tuple[str, ...]]:
@@ -142,6 +143,8 @@ class FakeJetstream:
                 return
             await (ws.send(encoder.compress(payload)) if encoder else ws.send(payload.decode()))
             sent += 1
+            if self.pace:
+                await anyio.sleep(self.pace)
 
     def append(self, *events: dict | bytes) -> None:
         self.events.extend(events)
