@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")
     tail.add_argument("--no-follow", action="store_true", help="stop once the replay reaches the head")
 
+    replay = sub.add_parser("replay", help="re-read the source from a past cursor and queue every track for a rescan")
+    replay.add_argument("--cursor", type=int, required=True,
+                        help="start here (Jetstream: unix microseconds; firehose: relay seq)")
+    replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
+    replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
+
+    ingest = sub.add_parser("ingest", help="inspect ingest").add_subparsers(dest="ingest_command", required=True)
+    dead = ingest.add_parser("dead-letters", help="frames and records that were rejected, newest first, with why")
+    dead.add_argument("--limit", type=int, default=20)
+    dead.add_argument("--json", action="store_true", help="one JSON object per line")
+
     status = sub.add_parser("status", help="head seq, key, and each live subscriber with its cursor and lag")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
     status.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")

@@ -38,6 +38,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await label_tail(settings, args)
         case "status":
             return await status(settings, args)
+        case "replay":
+            return await replay(settings, args)
+        case "ingest" if args.ingest_command == "dead-letters":
+            return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
 
 
@@ -144,4 +148,62 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
             )
     else:
         _out("  nobody is subscribed: consumers (appviews, plyr.fm) must connect to /xrpc/com.atproto.label.subscribeLabels")
+    if "ingest" in body:
+        ing, queue = body["ingest"], body["queue"]
+        if ing["source"]:
+            st = ing["stats"]
+            _out(f"ingest   {ing['source']} at cursor {ing['cursor']} via {ing['endpoint']}: {st.get('frames', 0)} frames,"
+                 f" {st.get('events', 0)} events, {st.get('dead', 0)} rejected, {st.get('reconnects', 0)} reconnects")
+        else:
+            _out("ingest   off ([ingest] source = none)")
+        _out(f"queue    {queue['pending']} pending, {queue['running']} running, {queue['done']} done,"
+             f" {queue['failed']} failed; {queue['tracks']} tracks; {queue['dead_letters']} dead letters"
+             + ("  (see: firehose-mod ingest dead-letters)" if queue["dead_letters"] else ""))
+    return 0
+
+
+async def replay(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from firehose_mod.ingest.replay import run_replay
+
+    if args.source:
+        settings = replace(settings, ingest_source=args.source)
+    last = [0.0]
+
+    def progress(cursor: int, target: int) -> None:
+        import time
+
+        if time.monotonic() - last[0] > 1:
+            last[0] = time.monotonic()
+            done = max(0.0, min(1.0, (cursor - args.cursor) / max(1, target - args.cursor)))
+            print(f"\rreplay {done:6.1%}  cursor {cursor}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = await run_replay(settings, args.cursor, until=args.until, progress=progress)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print("", file=sys.stderr)
+    _out(json.dumps(report.__dict__))
+    return 0
+
+
+async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.store.ingest import IngestStore
+
+    if not settings.db_path.exists():
+        raise CommandError(f"no database at {settings.db_path}: nothing ingested yet")
+    store = await IngestStore.open(settings.db_path)
+    try:
+        rows = await store.dead_letters(args.limit)
+    finally:
+        await store.close()
+    for row in rows:
+        if args.json:
+            _out(json.dumps(row))
+        else:
+            _out(f"{row['created']}  {row['source']:<10} {row['reason']:<16} {row['uri'] or row['did'] or '-'}\n"
+                 f"    {row['detail'][:300]}")
+    if not rows and not args.json:
+        _out("no dead letters")
     return 0

@@ -128,8 +128,12 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                 server = await tg.start(run_server, settings, label_log)
                 tg.start_soon(workers.run)
                 parts = {"server": server, "workers": workers, "store": store, "source": source}
+                server.status_providers.append(lambda: _ingest_status(store, source, workers))
                 if source is not None:
+                    from firehose_mod.ingest.metrics import IngestCollector
+
                     pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
+                    server.metrics.registry.register(IngestCollector(source, pipeline, workers))
                     start = await store.cursor(source.name)
                     log.info("ingest.starting", source=source.name, cursor=start,
                              collections=list(settings.collections))
@@ -140,6 +144,20 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
+
+
+async def _ingest_status(store, source, workers) -> dict:
+    name = source.name if source is not None else None
+    return {
+        "ingest": {
+            "source": name,
+            "cursor": await store.cursor(name) if name else None,
+            "endpoint": source.endpoints[source.endpoint_index % len(source.endpoints)] if source else None,
+            "stats": dict(source.stats) if source else {},
+        },
+        "queue": await store.counts(),
+        "workers": dict(workers.stats),
+    }
 
 
 def _tracking_sink(pipeline, watched: set[str]):

@@ -23,12 +23,13 @@ class IngestPipeline:
     """The sink of one source: batches, commits, counts, and wakes the scan workers."""
 
     def __init__(self, store: IngestStore, source: str, *, max_batch: int = 1000, max_delay: float = 0.2,
-                 on_commit: Callable[[int], None] | None = None):
+                 on_commit: Callable[[int], None] | None = None, rescan: bool = False):
         self.store = store
         self.source = source
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.on_commit = on_commit
+        self.rescan = rescan  # a replay: known versions are scanned again
         self._events: list[TrackEvent | RepoEvent] = []
         self._dead: list[DeadLetter] = []
         self._cursor: int | None = None
@@ -59,7 +60,7 @@ class IngestPipeline:
                 return
             events, dead, cursor = self._events, self._dead, self._cursor
             self._events, self._dead, self._first_at = [], [], None
-            result = await self.store.commit(self.source, cursor, events, dead)
+            result = await self.store.commit(self.source, cursor, events, dead, rescan=self.rescan)
             self.committed_cursor = cursor
             self.stats["commits"] += 1
             self.stats["enqueued"] += result.enqueued

@@ -65,6 +65,8 @@ class LabelServer:
         self.feed = feed
         self.metrics = metrics
         self.port: int | None = None
+        # Async callables whose dicts are merged into /admin/status (ingest, queue, ...).
+        self.status_providers: list[Callable] = []
         self._routes: dict[str, Callable] = {
             QUERY: self._query,
             "/xrpc/_health": self._health,
@@ -165,6 +167,8 @@ class LabelServer:
             return xrpc_error(403, "Forbidden", "status is served to loopback clients only")
         body = self.feed.status()
         body.update(did=self.settings.did, key=self.feed.log.key.did_key, version=__version__)
+        for provider in self.status_providers:
+            body.update(await provider())
         return json_response(200, body)
 
     async def _did_document(self, conn, request, params) -> Response:

@@ -103,6 +103,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX repo_events_did ON repo_events(did, id);
     """,
+    # 3: backfill progress, one row per repo: where its listRecords paging stands.
+    """
+    CREATE TABLE backfill_repos (
+        did      TEXT PRIMARY KEY,
+        pds      TEXT,                      -- endpoint it was last read from
+        state    TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+        cursor   TEXT,                      -- listRecords cursor after the last committed page
+        records  INTEGER NOT NULL DEFAULT 0,
+        error    TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX backfill_repos_state ON backfill_repos(state, did);
+    """,
 ]
 
 

@@ -64,13 +64,16 @@ class IngestStore:
 
     async def commit(
         self, source: str, cursor: int | None, events: Sequence[TrackEvent | RepoEvent],
-        dead: Sequence[DeadLetter] = (),
+        dead: Sequence[DeadLetter] = (), *, rescan: bool = False,
     ) -> CommitResult:
-        """Apply `events`, keep `dead` letters and advance `source`'s cursor, atomically."""
-        async with self._lock:
-            return await self._commit(source, cursor, events, dead)
+        """Apply `events`, keep `dead` letters and advance `source`'s cursor, atomically.
 
-    async def _commit(self, source, cursor, events, dead) -> CommitResult:
+        With `rescan` (a replay), a version that is already known is scanned again.
+        """
+        async with self._lock:
+            return await self._commit(source, cursor, events, dead, rescan)
+
+    async def _commit(self, source, cursor, events, dead, rescan=False) -> CommitResult:
         db = self._db
         now = now_iso()
         enqueued = duplicates = 0
@@ -78,7 +81,7 @@ class IngestStore:
         try:
             for ev in events:
                 if isinstance(ev, TrackEvent):
-                    if await self._apply_track(ev, source, now):
+                    if await self._apply_track(ev, source, now, rescan):
                         enqueued += 1
                     else:
                         duplicates += 1
@@ -110,13 +113,15 @@ class IngestStore:
             raise
         return CommitResult(enqueued, duplicates, len(dead))
 
-    async def _apply_track(self, ev: TrackEvent, source: str, now: str) -> bool:
+    async def _apply_track(self, ev: TrackEvent, source: str, now: str, rescan: bool = False) -> bool:
         """Record the event and enqueue its scan; False when it is already known or older."""
         db = self._db
         async with db.execute("SELECT cid, rev, deleted FROM tracks WHERE uri = ?", (ev.uri,)) as cur:
             row = await cur.fetchone()
         if row is not None:
             cid, rev, deleted = row
+            if rescan and ev.operation != "delete" and not deleted and cid == ev.cid:
+                return await self._enqueue_rescan(ev, source, now)
             if ev.rev and rev and ev.rev <= rev:
                 return False  # a replayed or out-of-order event: a newer version is applied
             if not ev.rev and rev:
@@ -137,6 +142,17 @@ class IngestStore:
         cur = await db.execute(
             "INSERT OR IGNORE INTO scan_jobs (uri, cid, operation, source, cursor, created) VALUES (?, ?, ?, ?, ?, ?)",
             (ev.uri, ev.cid or "", ev.operation, source, ev.cursor, now),
+        )
+        return cur.rowcount > 0
+
+    async def _enqueue_rescan(self, ev: TrackEvent, source: str, now: str) -> bool:
+        """Queue the current version for another scan (again, if an earlier rescan finished)."""
+        cur = await self._db.execute(
+            "INSERT INTO scan_jobs (uri, cid, operation, source, cursor, created) VALUES (?, ?, 'rescan', ?, ?, ?)"
+            " ON CONFLICT (uri, cid, operation) DO UPDATE SET state = 'pending', attempts = 0, not_before = 0,"
+            " error = NULL, source = excluded.source, cursor = excluded.cursor"
+            " WHERE scan_jobs.state IN ('done', 'failed')",
+            (ev.uri, ev.cid or "", source, ev.cursor, now),
         )
         return cur.rowcount > 0
 
