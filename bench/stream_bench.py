@@ -226,6 +226,8 @@ class Server:
                 return out.strip()
 
     def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()  # run_ours.py reads stdin in a worker thread
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -595,17 +597,19 @@ def markdown(res: dict) -> str:
         for p in ("ours", "skyware"):
             try:
                 vals.append(get(res["results"][p]) if p in peers else None)
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, ZeroDivisionError):
                 vals.append(None)
-        fmt = lambda v: "—" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
+        fmt = lambda v: "—" if v is None else (v if isinstance(v, str) else f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
+        rat = None if any(isinstance(v, str) for v in vals) else ratio(vals[0], vals[1])
         rows.append(f"| {label} | {fmt(vals[0])} {unit} | {fmt(vals[1])} {unit} | "
-                    f"{'—' if ratio(vals[0], vals[1]) is None else f'{ratio(vals[0], vals[1]):.2f}'} | {better} |")
+                    f"{'—' if rat is None else f'{rat:.2f}'} | {better} |")
 
     for n in res["sizes"]:
         b = lambda r, n=n: r["backfill"][str(n)]
         row(f"backfill {n:,}: labels/s", lambda r, b=b: b(r)["labels_per_s"], "", "higher", 0)
         row(f"backfill {n:,}: time to first frame", lambda r, b=b: b(r)["first_frame_s"], "s", "lower", 3)
         row(f"backfill {n:,}: total time", lambda r, b=b: b(r)["seconds"], "s", "lower", 2)
+        row(f"backfill {n:,}: server / client CPU share", lambda r, b=b: f"{b(r)['server_cpu_share']:.2f} / {b(r)['client_cpu_share']:.2f}", "", "")
         row(f"RSS idle, {n:,} labels", lambda r, b=b: b(r)["server_idle_rss_mb"], "MB", "lower")
         row(f"RSS peak during backfill {n:,}", lambda r, b=b: b(r)["server_peak_rss_mb"], "MB", "lower")
     if res.get("query_size"):
@@ -617,6 +621,7 @@ def markdown(res: dict) -> str:
         f = lambda r, s=s: r["fanout"][str(s)]
         for p in ("p50", "p99", "max"):
             row(f"fan-out {s:,} subs: latency {p}", lambda r, f=f, p=p: f(r)["latency"][f"{p}_ms"], "ms", "lower", 2)
+        row(f"fan-out {s:,} subs: emit call mean / max", lambda r, f=f: f"{f(r)['emit_call_mean_ms']:.1f} / {f(r)['emit_call_max_ms']:.1f}", "ms", "")
         row(f"fan-out {s:,} subs: frames received / expected",
             lambda r, f=f: f(r)["received_frames"] / f(r)["expected_frames"], "", "1.0", 4)
         row(f"fan-out {s:,} subs: server peak RSS", lambda r, f=f: f(r)["server_peak_rss_mb"], "MB", "lower")

@@ -96,7 +96,8 @@ async def test_network_faults_lose_and_repeat_nothing(store, faults):
     fake = FakeJetstream(network(20, noise_per_track=0), faults=faults)  # server-side filter: tracks only
     async with anyio.create_task_group() as tg:
         await tg.start(fake.serve)
-        source = JetstreamSource([fake.url], TRACKS, read_timeout=0.5, backoff=fast_backoff())
+        silence = faults.silent_after is not None
+        source = JetstreamSource([fake.url], TRACKS, read_timeout=0.5 if silence else 10, backoff=fast_backoff())
         pipeline = IngestPipeline(store, source.name, max_delay=0.05)
 
         async def done():
@@ -108,7 +109,8 @@ async def test_network_faults_lose_and_repeat_nothing(store, faults):
     assert len(uris) == len(set(uris)) == 20  # every track once, none twice
     counts = await store.counts()
     if not garbage:
-        assert len(fake.connections) == 2 and "cursor=" in fake.connections[1]
+        # reconnected (a loaded machine may add a spurious silence reconnect), always with a cursor
+        assert len(fake.connections) >= 2 and all("cursor=" in c for c in fake.connections[1:])
         assert counts["dead_letters"] == 0
     else:
         assert counts["dead_letters"] == 1  # the garbage, kept for the operator; the stream went on
