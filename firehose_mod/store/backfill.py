@@ -173,15 +173,21 @@ class BackfillStore:
         return out
 
     async def _write_many(self, sql: str, rows: list[tuple]) -> int:
-        await self._db.execute("BEGIN IMMEDIATE")
+        """Run `sql` for every row in one transaction (callers hold the lock)."""
+        # BEGIN and COMMIT are shielded: aiosqlite runs a statement to its end even when the
+        # awaiting task is cancelled, and we must know whether the transaction is open.
+        with anyio.CancelScope(shield=True):
+            await self._db.execute("BEGIN IMMEDIATE")
         try:
             changed = 0
             for row in rows:
                 cur = await self._db.execute(sql, row)
                 changed += cur.rowcount
-            await self._db.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
             raise
+        with anyio.CancelScope(shield=True):
+            await self._db.execute("COMMIT")
         return changed

@@ -7,9 +7,12 @@ silent repair.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 MIGRATIONS: list[str] = [
     # 1: the label log, append-only; seq is the subscribeLabels cursor.
@@ -120,6 +123,27 @@ MIGRATIONS: list[str] = [
 ]
 
 
+@asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any error or cancellation.
+
+    BEGIN and COMMIT are shielded: a statement handed to aiosqlite's thread runs to its end
+    even when the awaiting task is cancelled, so cancelling half-way would leave the
+    connection's transaction state unknown to us.
+    """
+    with anyio.CancelScope(shield=True):
+        await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+        raise
+    with anyio.CancelScope(shield=True):
+        await db.execute("COMMIT")
+
+
 class SchemaError(RuntimeError):
     """The database cannot be used by this version of firehose-mod."""
 
@@ -157,17 +181,12 @@ async def _check_version(conn: aiosqlite.Connection, path: Path) -> int:
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         version = await _check_version(conn, path)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in _statements(script):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {number}")
-        await conn.execute("COMMIT")
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
 
 
 def _statements(script: str) -> list[str]:

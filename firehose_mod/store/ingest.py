@@ -21,7 +21,7 @@ import anyio
 
 from firehose_mod.ingest.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db
+from firehose_mod.store.db import open_db, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,7 @@ class IngestStore:
         db = self._db
         now = now_iso()
         enqueued = duplicates = 0
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(db):
             for ev in events:
                 if isinstance(ev, TrackEvent):
                     if await self._apply_track(ev, source, now, rescan):
@@ -106,11 +105,6 @@ class IngestStore:
                     " ON CONFLICT (source) DO UPDATE SET cursor = max(cursor, excluded.cursor), updated = excluded.updated",
                     (source, cursor, now),
                 )
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await db.execute("ROLLBACK")
-            raise
         return CommitResult(enqueued, duplicates, len(dead))
 
     async def _apply_track(self, ev: TrackEvent, source: str, now: str, rescan: bool = False) -> bool:
@@ -175,8 +169,7 @@ class IngestStore:
 
     async def _claim(self, limit: int) -> list[ScanJob]:
         db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(db):
             async with db.execute(
                 "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record FROM scan_jobs j"
                 " LEFT JOIN tracks t ON t.uri = j.uri"
@@ -187,11 +180,6 @@ class IngestStore:
             await db.executemany(
                 "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
             )
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await db.execute("ROLLBACK")
-            raise
         return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None) for r in rows]
 
     async def finish(self, job_id: int) -> None:

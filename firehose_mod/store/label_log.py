@@ -21,7 +21,7 @@ import structlog
 
 from firehose_mod.labels.model import Label, now_iso, validate_label_fields
 from firehose_mod.labels.signing import SigningKey
-from firehose_mod.store.db import open_db
+from firehose_mod.store.db import open_db, transaction
 from firehose_mod.store.query import build_query
 
 log = structlog.get_logger(__name__)
@@ -113,8 +113,7 @@ class LabelLog:
         written: list[StoredLabel] = []
         now = datetime.now(UTC)
         db = self._writer
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(db):
             for r in requests:
                 current = await self._current(r.uri, r.val)
                 if not _changes_state(current, r, now):
@@ -136,11 +135,6 @@ class LabelLog:
                     (label.uri, label.val, label.src, seq),
                 )
                 written.append(StoredLabel(seq, label, self.key.did_key, cbor))
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await db.execute("ROLLBACK")
-            raise
         return written
 
     async def _current(self, uri: str, val: str) -> Label | None:
