@@ -120,6 +120,41 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX backfill_repos_state ON backfill_repos(state, did);
     """,
+    # 4: policy decisions (the evidence behind every label) and the human review queue.
+    """
+    CREATE TABLE decisions (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        uri       TEXT NOT NULL,
+        cid       TEXT,
+        action    TEXT NOT NULL CHECK (action IN ('label', 'negate', 'review', 'none')),
+        value     TEXT,
+        origin    TEXT NOT NULL,             -- policy | human | delete
+        rule      TEXT,
+        policy_version TEXT,
+        scanners  TEXT NOT NULL DEFAULT '{}', -- JSON {name: version}
+        evidence  TEXT NOT NULL DEFAULT '[]', -- JSON list of findings
+        label_seq INTEGER,
+        actor     TEXT,
+        reason    TEXT,
+        created   TEXT NOT NULL
+    );
+    CREATE INDEX decisions_uri ON decisions(uri, id);
+    CREATE TABLE review_items (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        uri       TEXT NOT NULL,
+        cid       TEXT,
+        value     TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        evidence  TEXT NOT NULL DEFAULT '[]',
+        state     TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved')),
+        resolution TEXT,
+        resolved_by TEXT,
+        resolved_at TEXT,
+        created   TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX review_open ON review_items(uri, value) WHERE state = 'open';
+    CREATE INDEX review_state ON review_items(state, id);
+    """,
 ]
 
 

@@ -1,0 +1,81 @@
+"""The scanner contract: a scanner looks at a track and returns findings; it never writes labels.
+
+One engine (the policy) turns findings into label decisions and review items and is the
+only place that writes. A scanner that raises or times out is logged, counted and retried
+by the worker; it never blocks the other scanners or the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """What a scanner sees: one version of an `fm.plyr.track` record."""
+
+    uri: str
+    did: str
+    rkey: str
+    cid: str
+    record: dict
+
+    @property
+    def title(self) -> str:
+        return str(self.record.get("title", ""))
+
+    @property
+    def artist(self) -> str:
+        return str(self.record.get("artist", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One observation by one scanner, with the evidence a reviewer needs.
+
+    `kind` names what was found (`copyright-match`, `nsfw`, `pdq-match`, `text`, `self-label`,
+    `duplicate`); `score` is in 0..1; `evidence` is JSON-serialisable (matched reference,
+    offsets, seconds matched, hashes, model scores); `value` is the label value the finding
+    points at, if any (the policy decides whether it is emitted, reviewed or ignored).
+    """
+
+    scanner: str
+    kind: str
+    score: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+    value: str | None = None
+
+
+class MediaError(Exception):
+    """A blob or URL could not be fetched safely; the message says why (size, type, address)."""
+
+
+class Media(Protocol):
+    """Read-only access to a track's media, fetched safely and cached on local disk."""
+
+    async def audio(self, track: Track) -> Path | None:
+        """The audio file (audioBlob from the author's PDS, else audioUrl), or None if the record has none."""
+
+    async def image(self, track: Track) -> Path | None:
+        """The cover art file (imageUrl), or None if the record has none."""
+
+
+@dataclass
+class ScanContext:
+    """What scanners may use: media, a CPU pool for heavy work, their configuration."""
+
+    media: Media
+    run_cpu: Any  # async callable: await run_cpu(fn, *args) runs fn in the process pool
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Scanner(Protocol):
+    """`name` is stable (it appears in evidence and explain); bump `version` when results change."""
+
+    name: str
+    version: str
+
+    async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]: ...
