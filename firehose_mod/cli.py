@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")
     tail.add_argument("--no-follow", action="store_true", help="stop once the replay reaches the head")
 
+    backfill = sub.add_parser("backfill", help="queue every fm.plyr.track that already exists (resumable)")
+    backfill.add_argument("--relay", help="relay for listReposByCollection (default https://relay1.us-east.bsky.network)")
+    backfill.add_argument("--did", action="append", dest="dids", metavar="DID",
+                          help="only these repos (repeatable); no relay is asked")
+    backfill.add_argument("--retry-failed", action="store_true", help="retry repos that failed in an earlier run")
+    backfill.add_argument("--restart", action="store_true", help="forget saved progress and read the repos again")
+    backfill.add_argument("--concurrency", type=int, default=4, help="repos read at once (default 4)")
+
     replay = sub.add_parser("replay", help="re-read the source from a past cursor and queue every track for a rescan")
     replay.add_argument("--cursor", type=int, required=True,
                         help="start here (Jetstream: unix microseconds; firehose: relay seq)")

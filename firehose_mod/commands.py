@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -40,6 +41,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await status(settings, args)
         case "replay":
             return await replay(settings, args)
+        case "backfill":
+            return await backfill(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
@@ -162,6 +165,62 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressLine:
+    """A progress bar on a terminal, a line every few seconds elsewhere (journald, CI)."""
+
+    def __init__(self, every: float = 5.0):
+        import time
+
+        self._clock = time.monotonic
+        self._tty = sys.stderr.isatty()
+        self._every = 0.2 if self._tty else every
+        self._last = 0.0
+
+    def show(self, fraction: float, text: str, *, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._last < self._every:
+            return
+        self._last = now
+        if self._tty:
+            bar = "#" * int(30 * fraction)
+            print(f"\r[{bar:<30}] {fraction:6.1%} {text}", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"{fraction:6.1%} {text}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._tty:
+            print("", file=sys.stderr)
+
+
+async def backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.ingest.backfill import run_backfill
+
+    bar = ProgressLine()
+
+    def progress(p) -> None:
+        finished = p.repos_done + p.repos_failed
+        bar.show(finished / max(1, p.repos_total),
+                 f"repos {finished}/{p.repos_total} ({p.repos_failed} failed)  records {p.records_seen}"
+                 f"  queued {p.enqueued}  rejected {p.dead_letters}  {p.elapsed:.0f}s")
+
+    try:
+        report = await run_backfill(settings, dids=args.dids, relay_url=args.relay, progress=progress,
+                                    concurrency=args.concurrency, retry_failed=args.retry_failed,
+                                    restart=args.restart, plc_url=settings.plc_url)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    bar.done()
+    out = {k: v for k, v in dataclasses.asdict(report).items() if k != "failures"}
+    out["failures"] = [{"did": d, "error": e} for d, e in report.failures[:50]]
+    _out(json.dumps(out))
+    if report.repos_failed or report.discovery_error:
+        print(f"firehose-mod: {report.repos_failed} repos failed"
+              + (f"; discovery: {report.discovery_error}" if report.discovery_error else "")
+              + ". Fix or wait, then: firehose-mod backfill --retry-failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 async def replay(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -169,21 +228,17 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.source:
         settings = replace(settings, ingest_source=args.source)
-    last = [0.0]
+    bar = ProgressLine()
 
     def progress(cursor: int, target: int) -> None:
-        import time
-
-        if time.monotonic() - last[0] > 1:
-            last[0] = time.monotonic()
-            done = max(0.0, min(1.0, (cursor - args.cursor) / max(1, target - args.cursor)))
-            print(f"\rreplay {done:6.1%}  cursor {cursor}", end="", file=sys.stderr, flush=True)
+        done = max(0.0, min(1.0, (cursor - args.cursor) / max(1, target - args.cursor)))
+        bar.show(done, f"cursor {cursor} of {target}")
 
     try:
         report = await run_replay(settings, args.cursor, until=args.until, progress=progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    print("", file=sys.stderr)
+    bar.done()
     _out(json.dumps(report.__dict__))
     return 0
 

@@ -85,6 +85,9 @@ class Settings:
     relay_endpoints: tuple[str, ...] = field(
         default=("wss://bsky.network",), metadata=_meta("ingest", "relay_endpoints", "relay base URLs for firehose")
     )
+    plc_url: str = field(
+        default="https://plc.directory", metadata=_meta("ingest", "plc_url", "PLC directory for DID resolution")
+    )
     ingest_read_timeout: float = field(
         default=60.0, metadata=_meta("ingest", "read_timeout", "seconds of silence before reconnecting")
     )
@@ -224,6 +227,8 @@ def validate(s: Settings) -> None:
         for url in getattr(s, name):
             if not url.startswith(("ws://", "wss://")):
                 raise bad(name, f"{url!r} must be a ws:// or wss:// URL")
+    if not s.plc_url.startswith(("https://", "http://")):
+        raise bad("plc_url", f"{s.plc_url!r} must be an https:// URL")
     if s.ingest_read_timeout <= 0:
         raise bad("ingest_read_timeout", "must be a positive number of seconds")
     if s.scan_workers < 1:

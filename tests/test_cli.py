@@ -106,3 +106,22 @@ def test_status_without_a_server_says_so_and_shows_the_database_head(tmp_path):
     proc = run_cli("status", env=env, check=False)
     assert proc.returncode == 1
     assert "Is `firehose-mod serve` running?" in proc.stderr and "head seq 1" in proc.stderr
+
+
+def test_backfill_command_queues_tracks_reports_and_resumes(tmp_path):
+    from tests.fakes.pds import FakeNetwork, make_records
+
+    net = FakeNetwork(page_size=2)
+    net.add_pds("one")
+    net.add_repo("did:plc:artistoneaaaaaaaaaaaaaaa", "one", make_records("did:plc:artistoneaaaaaaaaaaaaaaa", 5))
+    net.add_repo("did:plc:artisttwoaaaaaaaaaaaaaaa", "one", make_records("did:plc:artisttwoaaaaaaaaaaaaaaa", 3, 10))
+    net.add_repo("did:plc:nopdsaaaaaaaaaaaaaaaaaaa", None)
+    with net:
+        env = env_for(tmp_path / "var", FIREHOSE_MOD_PLC_URL=net.plc_url)
+        first = run_cli("backfill", "--relay", net.relay_url, env=env, check=False)
+        report = json.loads(first.stdout)
+        assert first.returncode == 1 and "--retry-failed" in first.stderr  # one repo has no PDS
+        assert (report["repos_done"], report["repos_failed"], report["enqueued"]) == (2, 1, 8)
+        assert report["failures"][0]["did"] == "did:plc:nopdsaaaaaaaaaaaaaaaaaaa"
+        again = json.loads(run_cli("backfill", "--did", "did:plc:artistoneaaaaaaaaaaaaaaa", env=env).stdout)
+        assert again["enqueued"] == 0  # already read: nothing new, nothing twice

@@ -16,7 +16,7 @@ import aiosqlite
 import anyio
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db
+from firehose_mod.store.db import open_db, transaction
 
 _COLUMNS = "did, pds, state, cursor, records, error, attempts, updated"
 
@@ -174,20 +174,9 @@ class BackfillStore:
 
     async def _write_many(self, sql: str, rows: list[tuple]) -> int:
         """Run `sql` for every row in one transaction (callers hold the lock)."""
-        # BEGIN and COMMIT are shielded: aiosqlite runs a statement to its end even when the
-        # awaiting task is cancelled, and we must know whether the transaction is open.
-        with anyio.CancelScope(shield=True):
-            await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            changed = 0
+        changed = 0
+        async with transaction(self._db):
             for row in rows:
                 cur = await self._db.execute(sql, row)
                 changed += cur.rowcount
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-            raise
-        with anyio.CancelScope(shield=True):
-            await self._db.execute("COMMIT")
         return changed
