@@ -1,9 +1,10 @@
-"""Scan workers: take jobs from the durable queue, act on them, mark them done.
+"""Scan workers: take jobs from the durable queue, hand them to the scan engine, mark them done.
 
-Today a worker handles deletes (negating the track's labels in force, when configured)
-and completes creates and updates with the scanners registered (none yet: the scanners
-and the policy are the next issue). A failing job is retried with backoff and never
-blocks the queue; a stop puts in-flight jobs back to pending.
+A create, update or rescan job scans the track's current version through the engine
+(scanners, then the policy, which writes); a job for a version that has since been
+replaced or deleted is skipped. A delete closes the track's review items and negates its
+labels (when configured). A failing job is retried with backoff and never blocks the
+queue; a stop puts in-flight jobs back to pending.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
+from firehose_mod.scan.base import Track
 from firehose_mod.store import EmitRequest, LabelLog
 from firehose_mod.store.ingest import IngestStore, ScanJob
 
@@ -21,14 +23,15 @@ MAX_ATTEMPTS = 8
 
 class ScanWorkers:
     def __init__(self, store: IngestStore, label_log: LabelLog, *, concurrency: int = 2,
-                 negate_on_delete: bool = True, idle_poll: float = 1.0):
+                 negate_on_delete: bool = True, idle_poll: float = 1.0, engine=None):
+        self.engine = engine  # ScanEngine; None: deletes only (no scanners configured)
         self.store = store
         self.label_log = label_log
         self.concurrency = concurrency
         self.negate_on_delete = negate_on_delete
         self.idle_poll = idle_poll
         self._wake = anyio.Event()
-        self.stats = {"done": 0, "failed": 0, "retried": 0, "negated": 0}
+        self.stats = {"done": 0, "failed": 0, "retried": 0, "negated": 0, "superseded": 0}
 
     def wake(self, _n: int = 0) -> None:
         self._wake.set()
@@ -71,6 +74,10 @@ class ScanWorkers:
 
     async def process(self, job: ScanJob) -> None:
         if job.operation == "delete":
+            if self.engine is not None:
+                negated = await self.engine.deleted(job.uri, job.cid or None, negate=self.negate_on_delete)
+                self.stats["negated"] += len(negated)
+                return
             if self.negate_on_delete:
                 labels = await self.label_log.in_force(job.uri)
                 written = await self.label_log.emit_many(
@@ -80,4 +87,9 @@ class ScanWorkers:
                 if written:
                     log.info("scan.negated_on_delete", uri=job.uri, values=[w.label.val for w in written])
             return
-        # create / update / rescan: scanners and policy are registered here by the scan issue.
+        if job.deleted or job.record is None or (job.current_cid and job.current_cid != job.cid):
+            self.stats["superseded"] += 1  # a newer version (with its own job) or a delete came since
+            return
+        if self.engine is not None:
+            did, _collection, rkey = job.uri.removeprefix("at://").split("/", 2)
+            await self.engine.process(Track(job.uri, did, rkey, job.cid, job.record))

@@ -38,7 +38,9 @@ class ScanJob:
     cid: str
     operation: str
     attempts: int
-    record: dict | None
+    record: dict | None  # the track's latest known record
+    current_cid: str | None = None  # the track's latest known cid (None: unknown)
+    deleted: bool = False
 
 
 class IngestStore:
@@ -171,7 +173,7 @@ class IngestStore:
         db = self._db
         async with transaction(db):
             async with db.execute(
-                "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record FROM scan_jobs j"
+                "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record, t.cid, t.deleted FROM scan_jobs j"
                 " LEFT JOIN tracks t ON t.uri = j.uri"
                 " WHERE j.state = 'pending' AND j.not_before <= ? ORDER BY j.id LIMIT ?",
                 (time.time(), limit),
@@ -180,7 +182,8 @@ class IngestStore:
             await db.executemany(
                 "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
             )
-        return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None) for r in rows]
+        return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None, r[6], bool(r[7]))
+                for r in rows]
 
     async def finish(self, job_id: int) -> None:
         async with self._lock:

@@ -1,0 +1,149 @@
+"""Decisions (the evidence behind every label) and the human review queue.
+
+Every label the policy writes, every negation, every review item opened and every human
+resolution is a row in `decisions`, with the findings, the rule, the policy version and
+the scanner versions. That is what `explain` reads, and what tells an automatic label
+(which a rescan may negate) from a human one (which only a human undoes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiosqlite
+import anyio
+
+from firehose_mod.labels.model import now_iso
+from firehose_mod.store.db import open_db, transaction
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    uri: str
+    cid: str | None
+    action: str  # label | negate | review | none
+    value: str | None
+    origin: str  # policy | human | delete
+    rule: str | None = None
+    policy_version: str | None = None
+    scanners: dict | None = None
+    evidence: list | None = None
+    label_seq: int | None = None
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    id: int
+    uri: str
+    cid: str | None
+    value: str
+    reason: str
+    evidence: list
+    state: str
+    resolution: str | None
+    resolved_by: str | None
+    resolved_at: str | None
+    created: str
+
+
+def _finding_json(findings) -> str:
+    out = []
+    for f in findings or []:
+        out.append(asdict(f) if hasattr(f, "__dataclass_fields__") else f)
+    return json.dumps(out, default=str)
+
+
+class DecisionStore:
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> DecisionStore:
+        return cls(await open_db(path, synchronous=synchronous))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def record(self, rows: list[DecisionRow], reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
+        """Write decisions and open review items (uri, cid, value, reason, findings) in one transaction.
+
+        A review item already open for (uri, value) is not opened twice; returns how many opened.
+        """
+        now = now_iso()
+        opened = 0
+        async with self._lock, transaction(self._db) as db:
+            for r in rows:
+                await db.execute(
+                    "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
+                    " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
+                     json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
+                     r.actor, r.reason, now),
+                )
+            for uri, cid, value, reason, findings in reviews:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (uri, cid, value, reason, _finding_json(findings), now),
+                )
+                opened += cur.rowcount
+        return opened
+
+    async def automatic_values(self, uri: str) -> dict[str, str]:
+        """For each value on `uri`, the origin of its latest label/negate decision (policy or human)."""
+        async with self._db.execute(
+            "SELECT value, origin, action FROM decisions WHERE uri = ? AND action IN ('label', 'negate')"
+            " ORDER BY id", (uri,)
+        ) as cur:
+            latest: dict[str, str] = {}
+            for value, origin, action in await cur.fetchall():
+                latest[value] = origin if action == "label" else f"negated-by-{origin}"
+        return latest
+
+    async def history(self, uri: str) -> list[dict]:
+        async with self._db.execute("SELECT * FROM decisions WHERE uri = ? ORDER BY id", (uri,)) as cur:
+            cols = [c[0] for c in cur.description]
+            rows = [dict(zip(cols, r)) for r in await cur.fetchall()]
+        for r in rows:
+            r["scanners"] = json.loads(r["scanners"])
+            r["evidence"] = json.loads(r["evidence"])
+        return rows
+
+    # -- review queue -----------------------------------------------------------------------
+    async def open_reviews(self, uri: str | None = None, limit: int = 100) -> list[ReviewItem]:
+        sql = "SELECT * FROM review_items WHERE state = 'open'" + (" AND uri = ?" if uri else "") + " ORDER BY id LIMIT ?"
+        async with self._db.execute(sql, (uri, limit) if uri else (limit,)) as cur:
+            return [_review(r) for r in await cur.fetchall()]
+
+    async def reviews_for(self, uri: str) -> list[ReviewItem]:
+        async with self._db.execute("SELECT * FROM review_items WHERE uri = ? ORDER BY id", (uri,)) as cur:
+            return [_review(r) for r in await cur.fetchall()]
+
+    async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
+        """Close the open review items of `uri` (optionally only `values`); returns how many."""
+        async with self._lock, transaction(self._db) as db:
+            sql = "UPDATE review_items SET state = 'resolved', resolution = ?, resolved_by = ?, resolved_at = ?" \
+                  " WHERE uri = ? AND state = 'open'"
+            params: list = [resolution, actor, now_iso(), uri]
+            if values:
+                sql += f" AND value IN ({', '.join('?' * len(values))})"
+                params += values
+            cur = await db.execute(sql, params)
+            return cur.rowcount
+
+    async def counts(self) -> dict[str, int]:
+        async with self._db.execute("SELECT state, count(*) FROM review_items GROUP BY state") as cur:
+            out = {"open": 0, "resolved": 0}
+            out.update({s: n for s, n in await cur.fetchall()})
+        return out
+
+
+def _review(row) -> ReviewItem:
+    (id_, uri, cid, value, reason, evidence, state, resolution, resolved_by, resolved_at, created) = row
+    return ReviewItem(id_, uri, cid, value, reason, json.loads(evidence), state, resolution, resolved_by,
+                      resolved_at, created)
