@@ -95,6 +95,31 @@ class Settings:
         default=True, metadata=_meta("ingest", "negate_on_delete", "negate a track's labels when it is deleted")
     )
     scan_workers: int = field(default=2, metadata=_meta("scan", "workers", "concurrent scan jobs"))
+    scan_timeout: float = field(default=300.0, metadata=_meta("scan", "timeout", "seconds one scanner may take"))
+    policy_file: Path | None = field(
+        default=None, metadata=_meta("scan", "policy_file", "policy rules (TOML); default: the built-in policy")
+    )
+    media_cache_max_mb: int = field(default=4096, metadata=_meta("media", "cache_max_mb", "download cache bound"))
+    media_max_audio_mb: int = field(default=100, metadata=_meta("media", "max_audio_mb", "largest audio fetched"))
+    media_max_image_mb: int = field(default=10, metadata=_meta("media", "max_image_mb", "largest cover fetched"))
+    media_timeout: float = field(default=60.0, metadata=_meta("media", "timeout", "seconds for one whole fetch"))
+    media_max_redirects: int = field(default=3, metadata=_meta("media", "max_redirects", "redirect hops followed"))
+    media_allow_networks: tuple[str, ...] = field(
+        default=(), metadata=_meta("media", "allow_networks", "private networks that may be fetched (tests only)")
+    )
+    media_allow_http: bool = field(default=False, metadata=_meta("media", "allow_http", "also fetch plain http"))
+    audd_enabled: bool = field(default=False, metadata=_meta("audd", "enabled", "ask AudD when nothing matched locally"))
+    audd_api_token: str = field(default="", metadata=_meta("audd", "api_token", "AudD API token"))
+    audd_endpoint: str = field(default="https://enterprise.audd.io/", metadata=_meta("audd", "endpoint", "AudD URL"))
+    audd_skip: int = field(default=1, metadata=_meta("audd", "skip", "AudD: 12 s chunks skipped between samples"))
+    audd_every: int = field(default=1, metadata=_meta("audd", "every", "AudD: chunks sampled in a row"))
+    audd_limit: int = field(default=1, metadata=_meta("audd", "limit", "AudD: matches returned per chunk"))
+    audd_cost_per_unit_usd: float = field(
+        default=0.005, metadata=_meta("audd", "cost_per_unit_usd", "price of one 12 s request, for metrics")
+    )
+    audd_max_units_per_track: int = field(
+        default=60, metadata=_meta("audd", "max_units_per_track", "cost cap: chunks per track at most")
+    )
     log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
     log_format: str = field(default="json", metadata=_meta("log", "format", "json (for journald) or console"))
 
@@ -233,3 +258,19 @@ def validate(s: Settings) -> None:
         raise bad("ingest_read_timeout", "must be a positive number of seconds")
     if s.scan_workers < 1:
         raise bad("scan_workers", "must be at least 1")
+    if s.scan_timeout <= 0 or s.media_timeout <= 0:
+        raise bad("scan_timeout" if s.scan_timeout <= 0 else "media_timeout", "must be a positive number of seconds")
+    for name in ("media_cache_max_mb", "media_max_audio_mb", "media_max_image_mb"):
+        if getattr(s, name) < 1:
+            raise bad(name, "must be at least 1")
+    try:
+        from firehose_mod.scan.netguard import parse_networks
+
+        parse_networks(s.media_allow_networks)
+    except ValueError as exc:
+        raise bad("media_allow_networks", str(exc)) from None
+    if s.audd_enabled and not s.audd_api_token:
+        raise bad("audd_api_token", "AudD is enabled but has no token: set FIREHOSE_MOD_AUDD_API_TOKEN or disable it")
+    for name in ("audd_skip", "audd_every", "audd_limit", "audd_max_units_per_track"):
+        if getattr(s, name) < (0 if name == "audd_skip" else 1):
+            raise bad(name, "out of range")

@@ -1,0 +1,145 @@
+"""Network guard for fetching strangers' URLs: vet every address a connection would use.
+
+A connection goes through `_VettingBackend`: it resolves the host itself, refuses if *any*
+answer is loopback, private, link-local, CGNAT, multicast, reserved or unspecified (IPv4
+inside IPv6 and NAT64 included), then connects to exactly those vetted addresses, so a DNS
+answer that changes between the check and the connection (rebinding) cannot slip through.
+`allow_networks` opens chosen networks (tests, a deliberate operator) and nothing else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+
+from firehose_mod.scan.base import MediaError
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # CGNAT: neither private nor global in Python
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # reaches the IPv4 address in its low 32 bits
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+class UnsafeAddress(MediaError):
+    """The host is, or resolves to, an address a labeler must never contact."""
+
+
+def address_problem(ip: IPAddress, allow: Iterable[IPNetwork] = ()) -> str | None:
+    """Why `ip` must not be contacted, or None if it may be (pure)."""
+    allow = tuple(allow)
+    if any(ip.version == net.version and ip in net for net in allow):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is None and ip in _NAT64:
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None:
+            why = address_problem(inner, allow)
+            return f"{why} (inside {ip})" if why else None
+    for attr, kind in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
+                       ("is_link_local", "link-local"), ("is_multicast", "multicast"),
+                       ("is_private", "private"), ("is_reserved", "reserved")):
+        if getattr(ip, attr):
+            return f"{ip} is a {kind} address"
+    if ip in _SHARED:
+        return f"{ip} is a shared (CGNAT) address"
+    if not ip.is_global:
+        return f"{ip} is not a global address"
+    return None
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """All addresses `host` resolves to (the default resolver of the vetting backend)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def vetted_addresses(host: str, port: int, allow: Iterable[IPNetwork] = (),
+                           resolve: Resolve = system_resolve) -> list[str]:
+    """The addresses of `host`, if every one of them may be contacted; else UnsafeAddress."""
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        literal = None
+    if literal is not None:
+        answers = [str(literal)]
+    else:
+        try:
+            answers = await resolve(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+    vetted: list[str] = []
+    for answer in answers:
+        ip = ipaddress.ip_address(answer.split("%", 1)[0])
+        why = address_problem(ip, allow)
+        if why:
+            raise UnsafeAddress(f"refusing to connect to {host}: {why}")
+        if str(ip) not in vetted:
+            vetted.append(str(ip))
+    if not vetted:
+        raise httpcore.ConnectError(f"{host} has no addresses")
+    return vetted
+
+
+class _VettingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's anyio backend, but every TCP connect goes to vetted addresses only."""
+
+    def __init__(self, allow: tuple[IPNetwork, ...], resolve: Resolve):
+        self._inner = httpcore.AnyIOBackend()
+        self._allow = allow
+        self._resolve = resolve
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        error: Exception | None = None
+        for ip in await vetted_addresses(host, port, self._allow, self._resolve):
+            try:
+                return await self._inner.connect_tcp(ip, port, timeout=timeout, local_address=local_address,
+                                                     socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        raise UnsafeAddress("unix sockets are never used for media")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class VettedTransport(httpx.AsyncHTTPTransport):
+    """An httpx transport that never uses proxies or the environment and vets every connection."""
+
+    def __init__(self, *, allow: Iterable[IPNetwork] = (), resolve: Resolve = system_resolve,
+                 max_connections: int = 20):
+        ssl_context = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=ssl_context, trust_env=False)
+        # httpx takes no network backend, so the pool it built is swapped for one that has ours.
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError("this httpx version builds its pool differently; VettedTransport needs updating")
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context, max_connections=max_connections,
+            max_keepalive_connections=max_connections // 2, keepalive_expiry=5.0,
+            network_backend=_VettingBackend(tuple(allow), resolve),
+        )
+
+
+def parse_networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    """`["127.0.0.1/32", ...]` -> networks; raises ValueError naming the bad entry."""
+    out = []
+    for net in networks:
+        try:
+            out.append(net if not isinstance(net, str) else ipaddress.ip_network(net.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP network: {net!r} (expected e.g. 127.0.0.1/32)") from None
+    return tuple(out)
