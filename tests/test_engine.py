@@ -188,7 +188,7 @@ def test_policy_errors_name_the_rule_and_the_fix(text, message):
 
 def test_policy_version_changes_with_any_threshold():
     base = load_policy(None)
-    changed = parse_policy(base_text().replace("min_score = 0.97", "min_score = 0.95"))
+    changed = parse_policy(base_text().replace("min_score = 0.95", "min_score = 0.93"))
     assert base.version != changed.version and len(base.version) == 12
 
 

@@ -77,7 +77,7 @@ action = "label"
 [[rules]]
 name = "cover-porn"
 kind = "nsfw"
-min_score = 0.97
+min_score = 0.95
 action = "label"
 value = "porn"
 
@@ -94,6 +94,11 @@ kind = "nsfw"
 min_score = 0.6
 action = "review"
 value = "sexual"
+
+[[rules]]
+name = "cover-unusable"
+kind = "cover-unusable"
+action = "ignore"
 
 [[rules]]
 name = "text-blocklist"
