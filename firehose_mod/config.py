@@ -95,6 +95,17 @@ class Settings:
         default=True, metadata=_meta("ingest", "negate_on_delete", "negate a track's labels when it is deleted")
     )
     scan_workers: int = field(default=2, metadata=_meta("scan", "workers", "concurrent scan jobs"))
+    scanners: tuple[str, ...] = field(
+        default=("self-labels", "text", "cover-art", "copyright"),
+        metadata=_meta("scan", "scanners", "enabled scanners (audd is added by [audd] enabled)"),
+    )
+    pdq_blocklist: Path | None = field(
+        default=None, metadata=_meta("scan", "pdq_blocklist", "known-bad cover hashes: 'hex [value] [# note]' lines")
+    )
+    text_blocklist: Path | None = field(
+        default=None, metadata=_meta("scan", "text_blocklist", "operator terms: 'term WORDS [-> value]' or 're RE'")
+    )
+    cover_nsfw: bool = field(default=True, metadata=_meta("scan", "cover_nsfw", "score covers with open_nsfw"))
     scan_timeout: float = field(default=300.0, metadata=_meta("scan", "timeout", "seconds one scanner may take"))
     policy_file: Path | None = field(
         default=None, metadata=_meta("scan", "policy_file", "policy rules (TOML); default: the built-in policy")
@@ -258,6 +269,13 @@ def validate(s: Settings) -> None:
         raise bad("ingest_read_timeout", "must be a positive number of seconds")
     if s.scan_workers < 1:
         raise bad("scan_workers", "must be at least 1")
+    known = {"self-labels", "text", "cover-art", "copyright", "audd"}
+    if unknown := [x for x in s.scanners if x not in known]:
+        raise bad("scanners", f"unknown scanner(s) {unknown}; known: {sorted(known)}")
+    for name in ("pdq_blocklist", "text_blocklist", "policy_file"):
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            raise bad(name, f"{path} does not exist or is not a file")
     if s.scan_timeout <= 0 or s.media_timeout <= 0:
         raise bad("scan_timeout" if s.scan_timeout <= 0 else "media_timeout", "must be a positive number of seconds")
     for name in ("media_cache_max_mb", "media_max_audio_mb", "media_max_image_mb"):

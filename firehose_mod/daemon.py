@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import resource
 import signal
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from collections.abc import AsyncIterator
 
 import anyio
@@ -113,37 +113,61 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     from firehose_mod.scan.worker import ScanWorkers
     from firehose_mod.store.ingest import IngestStore
 
-    async with open_label_log(settings) as label_log:
+    async with AsyncExitStack() as stack:
+        label_log = await stack.enter_async_context(open_label_log(settings))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        try:
-            watched = await store.known_dids()
-            source = build_source(settings, watched)
-            workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
-                                  negate_on_delete=settings.negate_on_delete)
+        stack.push_async_callback(_shielded, store.close)
+        engine = await stack.enter_async_context(open_engine(settings, label_log))
+        watched = await store.known_dids()
+        source = build_source(settings, watched)
+        workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
+                              negate_on_delete=settings.negate_on_delete, engine=engine)
 
-            def on_commit(n: int) -> None:
-                workers.wake()
+        def on_commit(n: int) -> None:
+            workers.wake()
 
-            async with anyio.create_task_group() as tg:
-                server = await tg.start(run_server, settings, label_log)
-                tg.start_soon(workers.run)
-                parts = {"server": server, "workers": workers, "store": store, "source": source}
-                server.status_providers.append(lambda: _ingest_status(store, source, workers))
-                if source is not None:
-                    from firehose_mod.ingest.metrics import IngestCollector
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(run_server, settings, label_log)
+            tg.start_soon(workers.run)
+            parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine}
+            server.status_providers.append(lambda: _ingest_status(store, source, workers))
+            if source is not None:
+                from firehose_mod.ingest.metrics import IngestCollector
 
-                    pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
-                    server.metrics.registry.register(IngestCollector(source, pipeline, workers))
-                    start = await store.cursor(source.name)
-                    log.info("ingest.starting", source=source.name, cursor=start,
-                             collections=list(settings.collections))
-                    tg.start_soon(pipeline.run_flusher)
-                    tg.start_soon(source.run, _tracking_sink(pipeline, watched), start)
-                    parts["pipeline"] = pipeline
-                task_status.started(parts)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.close()
+                pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
+                server.metrics.registry.register(IngestCollector(source, pipeline, workers))
+                start = await store.cursor(source.name)
+                log.info("ingest.starting", source=source.name, cursor=start,
+                         collections=list(settings.collections))
+                tg.start_soon(pipeline.run_flusher)
+                tg.start_soon(source.run, _tracking_sink(pipeline, watched), start)
+                parts["pipeline"] = pipeline
+            task_status.started(parts)
+
+
+async def _shielded(close) -> None:
+    with anyio.CancelScope(shield=True):
+        await close()
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings, label_log: LabelLog) -> AsyncIterator:
+    """The scan engine: the configured scanners, the policy, the decision store, media and CPU pool."""
+    from firehose_mod.scan.engine import ScanEngine
+    from firehose_mod.scan.policy import load_policy
+    from firehose_mod.scan.registry import build_scanners, open_catalogue, scan_context
+    from firehose_mod.store.decisions import DecisionStore
+
+    policy = load_policy(settings.policy_file)
+    async with AsyncExitStack() as stack:
+        decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
+        stack.push_async_callback(_shielded, decisions.close)
+        ctx = await stack.enter_async_context(scan_context(settings))
+        catalogue = await stack.enter_async_context(open_catalogue(settings)) if "copyright" in settings.scanners else None
+        scanners = build_scanners(settings, catalogue=catalogue)
+        log.info("scan.ready", scanners={s.name: s.version for s in scanners}, policy=policy.version,
+                 policy_source=policy.source)
+        yield ScanEngine(scanners, policy, label_log, decisions, ctx, timeout=settings.scan_timeout)
 
 
 async def _ingest_status(store, source, workers) -> dict:

@@ -40,7 +40,8 @@ async def test_kill_9_mid_stream_then_restart_processes_every_track_once(tmp_pat
     async with anyio.create_task_group() as tg:
         await tg.start(fake.serve)
         env = env_for(tmp_path / "var", free_port(), FIREHOSE_MOD_JETSTREAM_ENDPOINTS=fake.url,
-                      FIREHOSE_MOD_JETSTREAM_COMPRESS="true", FIREHOSE_MOD_DB_SYNCHRONOUS="FULL")
+                      FIREHOSE_MOD_JETSTREAM_COMPRESS="true", FIREHOSE_MOD_DB_SYNCHRONOUS="FULL",
+                      FIREHOSE_MOD_SCANNERS="self-labels")  # ingest under test: no media to fetch
         db = tmp_path / "var" / "firehose-mod.sqlite3"
         daemon = start_daemon(env)
         try:

@@ -94,6 +94,7 @@ def test_a_valid_record_with_every_optional_field_passes():
         ('{"kind": "commit", "did": "did:plc:x", "time_us": 5, "commit": {"collection": "fm.plyr.track", "operation": "create", "rkey": "a/b", "cid": "b", "record": {}}}', "malformed_event"),
         ('{"kind": "commit", "did": "did:plc:x", "time_us": 5, "commit": {"collection": "fm.plyr.track", "operation": "create", "rkey": "3k", "record": {}}}', "malformed_event"),
         ('{"kind": "commit", "did": "did:plc:x", "time_us": 5, "commit": {"collection": "fm.plyr.track", "operation": "explode", "rkey": "3k"}}', "malformed_event"),
+        ('{"kind": "commit", "did": "did:plc:x", "time_us": 5, "commit": {"collection": "fm.plyr.track", "operation": "create", "rkey": "3k", "cid": "bafynotacid", "record": {}}}', "malformed_event"),
     ],
 )
 def test_malformed_frames_are_dead_letters_never_exceptions(raw, reason):

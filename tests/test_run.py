@@ -22,7 +22,7 @@ async def test_a_deleted_track_has_its_labels_negated_on_the_stream(settings):
     fake = FakeJetstream([commit(T0, "did:plc:artist", "fm.plyr.track", "3ktrack", "create", track_record("Song"))])
     async with anyio.create_task_group() as tg:
         await tg.start(fake.serve)
-        settings = replace(settings, jetstream_endpoints=(fake.url,), jetstream_compress=True)
+        settings = replace(settings, jetstream_endpoints=(fake.url,), jetstream_compress=True, scanners=("self-labels",))
         parts = await tg.start(run_daemon, settings)
         server, store = parts["server"], parts["store"]
         with anyio.fail_after(10):
@@ -55,7 +55,7 @@ async def test_jetstream_restart_on_the_same_port_is_survived(settings):
                 await first.serve(task_status=task_status)
 
         port = await tg.start(serve_first)
-        settings = replace(settings, jetstream_endpoints=(first.url,), jetstream_compress=False)
+        settings = replace(settings, jetstream_endpoints=(first.url,), jetstream_compress=False, scanners=("self-labels",))
         parts = await tg.start(run_daemon, settings)
         store, source = parts["store"], parts["source"]
         source.backoff.base, source.backoff.cap = 0.05, 0.2

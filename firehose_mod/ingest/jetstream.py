@@ -15,6 +15,7 @@ from importlib import resources
 from urllib.parse import urlencode
 
 import anyio
+import libipld
 import structlog
 import zstandard
 from websockets.asyncio.client import connect as ws_connect
@@ -101,6 +102,16 @@ def decode_jetstream(
     return Decoded(cursor=time_us, skipped=1)  # kinds added after v1 are not ours to judge
 
 
+def _valid_cid(cid: str) -> bool:
+    if len(cid) > 256:
+        return False
+    try:
+        libipld.decode_cid(cid)
+    except Exception:  # libipld raises ValueError subclasses without a common base
+        return False
+    return True
+
+
 def _could_matter(raw: bytes, collections: Collections, watched_dids) -> bool:
     """Cheap pre-filter on the raw bytes: False only when the event is surely irrelevant."""
     if b'"kind":"commit"' in raw or b'"kind": "commit"' in raw:
@@ -128,6 +139,8 @@ def _decode_commit(event: dict, did: str, time_us: int, raw: bytes, collections:
     record, cid = commit.get("record"), commit.get("cid")
     if not isinstance(cid, str) or not cid:
         return _dead("malformed_event", f"{op} without a cid", raw, time_us, did=did, uri=uri)
+    if not _valid_cid(cid):
+        return _dead("malformed_event", f"{op} with an invalid cid {cid[:80]!r}", raw, time_us, did=did, uri=uri)
     if len(raw) > MAX_RECORD_BYTES:
         return _dead("oversized_record", f"{len(raw)} bytes", raw, time_us, did=did, uri=uri)
     problems = validate_track(record)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import string
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +21,15 @@ from websockets.asyncio.server import ServerConnection, serve
 from firehose_mod.ingest.jetstream import zstd_dictionary
 
 T0 = 1_764_000_000_000_000  # 2025-11-24, unix µs
+
+
+def real_cid(data: bytes) -> str:
+    """A valid CIDv1 (dag-cbor, sha2-256) string, as Jetstream carries for records."""
+    import hashlib
+
+    import libipld
+
+    return libipld.encode_cid(b"\x01\x71\x12\x20" + hashlib.sha256(data).digest())
 
 
 def tid(n: int) -> str:
@@ -53,7 +61,7 @@ def commit(time_us: int, did: str, collection: str, rkey: str, operation: str, r
     c: dict = {"rev": rev or tid(time_us), "operation": operation, "collection": collection, "rkey": rkey}
     if operation != "delete":
         c["record"] = record
-        c["cid"] = cid or "bafyrei" + "".join(random.Random(time_us).choices(string.ascii_lowercase + "234567", k=52))
+        c["cid"] = cid or real_cid(json.dumps([did, rkey, record, time_us], sort_keys=True).encode())
     return {"did": did, "time_us": time_us, "kind": "commit", "commit": c}
 
 
