@@ -115,6 +115,30 @@ def proc_cpu(pid: int) -> float:
         return 0.0
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over `seconds` (taken when no benchmark process is working)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return round(1 - (i1 - i0) / max(1, t1 - t0), 3)
+
+
+def wait_quiet(res: dict, phase: str, limit: float, max_wait: float) -> None:
+    """Record how busy the machine is before `phase`; wait (up to max_wait s) while others load it."""
+    deadline = time.monotonic() + max_wait
+    busy = cpu_busy()
+    while busy > limit and time.monotonic() < deadline:
+        log(f"machine {busy:.0%} busy before {phase} (other processes); waiting")
+        busy = cpu_busy(2.0)
+    if busy > limit:
+        log(f"WARNING: machine still {busy:.0%} busy before {phase}; figures are disturbed")
+    res.setdefault("cpu_busy_before", {})[phase] = busy
+
+
 class RssPoller:
     """Polls VmRSS of one pid every `interval` s in a thread; keeps the peak."""
 
@@ -643,6 +667,9 @@ def main() -> int:
     ap.add_argument("--emit-rate", type=float, default=10.0)
     ap.add_argument("--emit-seconds", type=float, default=10.0)
     ap.add_argument("--client-procs", type=int, default=1, help="fan-out client processes (subscribers split evenly)")
+    ap.add_argument("--quiet-limit", type=float, default=0.15,
+                    help="before each phase, wait while the machine is busier than this (other processes)")
+    ap.add_argument("--quiet-wait", type=float, default=120, help="longest wait for a quiet machine (s)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: backfill,query,fanout")
     # internal
     ap.add_argument("--backfill-client", choices=["websockets", "raw"], default="websockets",
@@ -700,6 +727,7 @@ def main() -> int:
             do_query = n == query_size and "query" not in skip
             if not (do_backfill or do_query):
                 continue
+            wait_quiet(res, f"{p}-{n}", a.quiet_limit, a.quiet_wait)
             server = start_peer(p, n)
             try:
                 time.sleep(2)
@@ -727,6 +755,7 @@ def main() -> int:
             try:
                 time.sleep(1)
                 for s in levels:
+                    wait_quiet(res, f"{p}-fanout-{s}", a.quiet_limit + 0.05, a.quiet_wait)
                     log(f"{p}: fan-out to {s} subscribers, {count} labels at {a.emit_rate}/s")
                     f = run_fanout(server, s, a.client_procs, count, a.emit_rate)
                     res["results"][p]["fanout"][str(s)] = f
@@ -764,7 +793,8 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": sys.version.split()[0], "node": cmd("node", "--version"), "kernel": os.uname().release,
-            "websockets": websockets.__version__, "firehose_mod": firehose_mod.__version__}
+            "websockets": websockets.__version__, "firehose_mod": firehose_mod.__version__,
+            "git": cmd("git", "-C", str(ROOT), "describe", "--always", "--dirty")}
 
 
 if __name__ == "__main__":
