@@ -18,16 +18,19 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import anyio
 import structlog
+from websockets.protocol import State
 
-from firehose_mod.server.frames import labels_frame
+from firehose_mod.server.frames import labels_frame, ws_binary
 from firehose_mod.store import LabelLog
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscriber:
     """One connected subscribeLabels client, as operators see it in status and metrics."""
 
@@ -36,10 +39,23 @@ class Subscriber:
     user_agent: str
     requested_cursor: int | None
     cursor: int
+    connection: Any = None  # the websockets ServerConnection
     connected_at: float = field(default_factory=time.time)
     frames_sent: int = 0
     bytes_sent: int = 0
     state: str = "backfill"
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def push(self, data: bytes, frames: int, head: int) -> bool:
+        """Write already-framed messages if the socket takes them now; False: let the pump do it."""
+        ws = self.connection
+        if ws is None or ws.state is not State.OPEN or ws.paused:
+            return False
+        ws.transport.write(data)
+        self.cursor = head
+        self.frames_sent += frames
+        self.bytes_sent += len(data)
+        return True
 
 
 class LabelFeed:
@@ -59,6 +75,8 @@ class LabelFeed:
         self.subscribers: dict[int, Subscriber] = {}
         self._ids = itertools.count(1)
         self.published_total = 0
+        self.frames_sent_total = 0
+        self.bytes_sent_total = 0
         log_.on_commit(lambda _written: self._poke.set())
 
     async def start(self) -> None:
@@ -76,16 +94,18 @@ class LabelFeed:
     async def refresh(self) -> int:
         """Read what was committed since the head and publish it; returns how many labels."""
         total = 0
+        previous = self.head
         while True:
             rows = await self.log.cbor_after(self.head, 1000)
             if not rows:
                 break
             for seq, cbor in rows:
                 self._seqs.append(seq)
-                self._frames.append(labels_frame(seq, cbor))
+                self._frames.append(ws_binary(labels_frame(seq, cbor)))
             self.head = rows[-1][0]
             total += len(rows)
         if total:
+            self._fan_out(previous, total)
             self.published_total += total
             if len(self._seqs) > 2 * self.recent:
                 cut = len(self._seqs) - self.recent
@@ -95,27 +115,48 @@ class LabelFeed:
             self._changed = anyio.Event()
         return total
 
-    async def frames_after(self, cursor: int) -> list[tuple[int, bytes]]:
-        """The next frames after `cursor`: from memory when recent, else one database page."""
+    def _fan_out(self, previous: int, count: int) -> None:
+        """Write the new frames straight to every caught-up live subscriber whose socket has
+        room: no task switch per subscriber. The others are woken to pull from their cursor."""
+        data = b"".join(self._frames[-count:]) if count > 1 else self._frames[-1]
+        for sub in self.subscribers.values():
+            if sub.state == "live" and sub.cursor == previous and sub.push(data, count, self.head):
+                self.frames_sent_total += count
+                self.bytes_sent_total += len(data)
+            else:
+                sub.wake.set()
+
+    async def frames_after(self, cursor: int) -> tuple[list[int], list[bytes]]:
+        """Seqs and WebSocket-framed messages after `cursor`: from memory when recent, else
+        one database page."""
         if cursor >= self._base:
             i = bisect.bisect_right(self._seqs, cursor)
-            return list(zip(self._seqs[i : i + self.page_size * 4], self._frames[i : i + self.page_size * 4]))
+            end = i + self.page_size * 4
+            return self._seqs[i:end], self._frames[i:end]
         rows = await self.log.cbor_after(cursor, self.page_size)
-        return [(seq, labels_frame(seq, cbor)) for seq, cbor in rows]
+        return [seq for seq, _ in rows], [ws_binary(labels_frame(seq, cbor)) for seq, cbor in rows]
 
     async def wait_beyond(self, cursor: int) -> None:
         """Return once a label with seq > cursor is published."""
         while self.head <= cursor:
             await self._changed.wait()
 
+    async def wait_live(self, sub: Subscriber) -> None:
+        """Park a caught-up subscriber until the feed cannot push to it directly."""
+        if self.head <= sub.cursor:
+            await sub.wake.wait()
+        sub.wake = anyio.Event()
+
     # -- subscriber registry ----------------------------------------------------------------
-    def register(self, remote: str, user_agent: str, requested: int | None, cursor: int) -> Subscriber:
-        sub = Subscriber(next(self._ids), remote, user_agent, requested, cursor)
+    def register(self, remote: str, user_agent: str, requested: int | None, cursor: int,
+                 connection: Any = None) -> Subscriber:
+        sub = Subscriber(next(self._ids), remote, user_agent, requested, cursor, connection)
         self.subscribers[sub.id] = sub
         return sub
 
     def unregister(self, sub: Subscriber) -> None:
         self.subscribers.pop(sub.id, None)
+        sub.connection = None
 
     def status(self) -> dict:
         """Head and every subscriber with its cursor and lag: 'why don't my labels show up'."""

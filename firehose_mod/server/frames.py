@@ -36,6 +36,22 @@ def labels_frame(seq: int, label_cbor: bytes) -> bytes:
     return b"".join((LABELS_HEADER, _BODY_SEQ, cbor_uint(seq), _LABELS_ONE, label_cbor))
 
 
+def ws_binary(payload: bytes) -> bytes:
+    """`payload` as one unmasked, unfragmented WebSocket binary message (RFC 6455 5.2).
+
+    Server-to-client frames are never masked and we negotiate no extension, so these bytes
+    are the same for every subscriber: a label is framed once and written to many sockets.
+    """
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x82, n))
+    elif n < 0x10000:
+        header = b"\x82\x7e" + struct.pack(">H", n)
+    else:
+        header = b"\x82\x7f" + struct.pack(">Q", n)
+    return header + payload
+
+
 def info_frame(name: str, message: str | None = None) -> bytes:
     body = {"name": name} if message is None else {"name": name, "message": message}
     return INFO_HEADER + libipld.encode_dag_cbor(body)

@@ -24,6 +24,10 @@ class FeedCollector:
         yield GaugeMetricFamily(
             "firehose_mod_subscribers", "Connected subscribeLabels clients.", value=len(feed.subscribers)
         )
+        yield CounterMetricFamily("firehose_mod_frames_sent", "subscribeLabels frames sent.",
+                                  value=feed.frames_sent_total)
+        yield CounterMetricFamily("firehose_mod_bytes_sent", "subscribeLabels bytes sent.",
+                                  value=feed.bytes_sent_total)
         lag = GaugeMetricFamily(
             "firehose_mod_subscriber_lag", "Labels between the head and a subscriber's cursor.",
             labels=["subscriber", "remote"],
@@ -42,12 +46,6 @@ class ServerMetrics:
     def __init__(self, feed: LabelFeed):
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(FeedCollector(feed))
-        self.frames_sent = Counter(
-            "firehose_mod_frames_sent", "subscribeLabels frames sent.", registry=self.registry
-        )
-        self.bytes_sent = Counter(
-            "firehose_mod_bytes_sent", "subscribeLabels bytes sent.", registry=self.registry
-        )
         self.disconnects = Counter(
             "firehose_mod_disconnects", "subscribeLabels disconnections by reason.", ["reason"],
             registry=self.registry,

@@ -111,12 +111,15 @@ class LabelLog:
 
     async def _append(self, requests: list[EmitRequest]) -> list[StoredLabel]:
         written: list[StoredLabel] = []
+        states: list[tuple[str, str, str, int]] = []
         now = datetime.now(UTC)
         db = self._writer
         async with transaction(db):
+            # One read for the whole batch, one write per label, one write for the state rows:
+            # each aiosqlite call is a thread hop, which costs more than the SQL itself.
+            current = await self._currents({(r.uri, r.val) for r in requests})
             for r in requests:
-                current = await self._current(r.uri, r.val)
-                if not _changes_state(current, r, now):
+                if not _changes_state(current.get((r.uri, r.val)), r, now):
                     continue
                 label = self.key.sign(
                     Label(src=self.src, uri=r.uri, val=r.val, cts=now_iso(), cid=r.cid, neg=r.neg, exp=r.exp)
@@ -129,22 +132,35 @@ class LabelLog:
                      label.sig, self.key.did_key, cbor),
                 ) as cur:
                     (seq,) = await cur.fetchone()
-                await db.execute(
+                current[(r.uri, r.val)] = label  # a repeat later in this batch is a no-op
+                states.append((label.uri, label.val, label.src, seq))
+                written.append(StoredLabel(seq, label, self.key.did_key, cbor))
+            if states:
+                await db.executemany(
                     "INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
-                    (label.uri, label.val, label.src, seq),
+                    states,
                 )
-                written.append(StoredLabel(seq, label, self.key.did_key, cbor))
         return written
 
-    async def _current(self, uri: str, val: str) -> Label | None:
-        async with self._writer.execute(
-            f"SELECT {_COLUMNS} FROM labels WHERE seq = "
-            "(SELECT seq FROM label_state WHERE uri = ? AND val = ? AND src = ?)",
-            (uri, val, self.src),
-        ) as cur:
-            row = await cur.fetchone()
-        return _row(row).label if row else None
+    async def _currents(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
+        """The latest label of this labeler for each (uri, val) in `keys` (inside the write transaction)."""
+        out: dict[tuple[str, str], Label] = {}
+        keys_list = list(keys)
+        cols = ", ".join("l." + c.strip() for c in _COLUMNS.split(","))
+        for i in range(0, len(keys_list), 400):
+            chunk = keys_list[i : i + 400]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            params = [x for pair in chunk for x in pair]
+            async with self._writer.execute(
+                f"SELECT {cols} FROM label_state s JOIN labels l ON l.seq = s.seq"
+                f" WHERE s.src = ? AND (s.uri, s.val) IN (VALUES {values})",
+                (self.src, *params),
+            ) as cur:
+                for row in await cur.fetchall():
+                    stored = _row(row)
+                    out[(stored.label.uri, stored.label.val)] = stored.label
+        return out
 
     # -- reading -----------------------------------------------------------------------
     async def head(self) -> int:
@@ -199,9 +215,13 @@ class LabelLog:
         exact; comparisons are exact and case-sensitive (no SQL LIKE).
         """
         where, params = build_query(patterns, sources)
+        # For uri patterns, `+s.seq` keeps SQLite off the seq index so it searches the uri
+        # key range and sorts the few matches (0.1 ms instead of a 200 ms walk of the whole
+        # table at 1M labels); for `*`, walking in seq order is the right plan.
+        seq = "s.seq" if "*" in patterns else "+s.seq"
         sql = (
             f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))} FROM label_state s"
-            f" JOIN labels l ON l.seq = s.seq WHERE s.seq > ? AND ({where}) ORDER BY s.seq LIMIT ?"
+            f" JOIN labels l ON l.seq = s.seq WHERE {seq} > ? AND ({where}) ORDER BY {seq} LIMIT ?"
         )
         async with self._reader.execute(sql, (cursor, *params, limit)) as cur:
             return [_row(r) for r in await cur.fetchall()]
