@@ -35,7 +35,7 @@ from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, Re
 from firehose_mod.ingest.car import dag_cbor_to_json, read_car_blocks
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
-from firehose_mod.ingest.reconnect import Backoff
+from firehose_mod.ingest.reconnect import Backoff, read_deadline
 
 SOURCE = "firehose"
 MAX_FRAME_BYTES = 5 * 1024 * 1024
@@ -304,32 +304,37 @@ class FirehoseSource:
         self.backoff.connected()
         blog.info("firehose.connected", cursor=self.cursor)
         try:
-            while True:
-                with anyio.move_on_after(self.read_timeout) as scope:
-                    try:
-                        message = await ws.recv()
-                    except (OSError, websockets.exceptions.WebSocketException) as exc:
-                        return f"connection lost: {type(exc).__name__}: {str(exc)[:200]}"
-                if scope.cancelled_caught:
-                    return f"no frame for {self.read_timeout}s"
-                raw = message.encode() if isinstance(message, str) else message
-                self.stats["frames"] += 1
-                self.stats["bytes"] += len(raw)
-                decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
-                self.stats["events"] += len(decoded.events)
-                self.stats["skipped"] += decoded.skipped
-                self.stats["dead"] += len(decoded.dead)
-                await sink(decoded)
-                if decoded.cursor is not None:
-                    self.cursor = decoded.cursor
-                for d in decoded.dead:
-                    if d.reason == "error_frame":
-                        blog.error("firehose.error_frame", detail=d.detail, cursor=self.cursor)
-                        return f"error frame: {d.detail}"
-                    blog.info("firehose.dead_letter", reason=d.reason, detail=d.detail[:200], cursor=d.cursor, uri=d.uri)
+            async with read_deadline(self.read_timeout) as touch:
+                return await self._read(ws, sink, touch, blog)
+        except TimeoutError:
+            return f"no frame for {self.read_timeout}s"
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            return f"connection lost: {type(exc).__name__}: {str(exc)[:200]}"
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout + 1):
                 try:
                     await ws.close()
                 except (OSError, websockets.exceptions.WebSocketException):
                     pass
+
+    async def _read(self, ws, sink: Sink, touch, blog) -> str:
+        """Frames to the sink until an error frame; connection errors propagate."""
+        while True:
+            message = await ws.recv()
+            touch()
+            raw = message.encode() if isinstance(message, str) else message
+            self.stats["frames"] += 1
+            self.stats["bytes"] += len(raw)
+            decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
+            self.stats["events"] += len(decoded.events)
+            self.stats["skipped"] += decoded.skipped
+            self.stats["dead"] += len(decoded.dead)
+            await sink(decoded)
+            touch()
+            if decoded.cursor is not None:
+                self.cursor = decoded.cursor
+            for d in decoded.dead:
+                if d.reason == "error_frame":
+                    blog.error("firehose.error_frame", detail=d.detail, cursor=self.cursor)
+                    return f"error frame: {d.detail}"
+                blog.info("firehose.dead_letter", reason=d.reason, detail=d.detail[:200], cursor=d.cursor, uri=d.uri)

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
-from firehose_mod.ingest.reconnect import Backoff
+from firehose_mod.ingest.reconnect import Backoff, read_deadline
 
 log = structlog.get_logger(__name__)
 
@@ -210,19 +210,8 @@ class JetstreamSource:
                                          ping_interval=20, ping_timeout=20) as ws:
                     self.backoff.connected()
                     bound.info("ingest.connected", cursor=self.cursor)
-                    while True:
-                        with anyio.fail_after(self.read_timeout):
-                            frame = await ws.recv()
-                        self.stats["frames"] += 1
-                        self.stats["bytes"] += len(frame)
-                        decoded = decode_jetstream(frame, self.collections, decompress=decompress,
-                                                   watched_dids=self.watched_dids)
-                        self.stats["events"] += len(decoded.events)
-                        self.stats["dead"] += len(decoded.dead)
-                        self.stats["skipped"] += decoded.skipped
-                        await sink(decoded)
-                        if decoded.cursor is not None:
-                            self.cursor = decoded.cursor if self.cursor is None else max(self.cursor, decoded.cursor)
+                    async with read_deadline(self.read_timeout) as touch:
+                        await self._read(ws, sink, decompress, touch)
             except TimeoutError:
                 bound.warning("ingest.silent", seconds=self.read_timeout, hint="no frame within read_timeout; reconnecting")
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI) as exc:
@@ -232,3 +221,18 @@ class JetstreamSource:
             delay = self.backoff.delay()
             log.info("ingest.reconnecting", source=SOURCE, in_seconds=round(delay, 2), cursor=self.cursor)
             await anyio.sleep(delay)
+
+    async def _read(self, ws, sink, decompress, touch) -> None:
+        while True:
+            frame = await ws.recv()
+            touch()
+            self.stats["frames"] += 1
+            self.stats["bytes"] += len(frame)
+            decoded = decode_jetstream(frame, self.collections, decompress=decompress, watched_dids=self.watched_dids)
+            self.stats["events"] += len(decoded.events)
+            self.stats["dead"] += len(decoded.dead)
+            self.stats["skipped"] += decoded.skipped
+            await sink(decoded)
+            touch()
+            if decoded.cursor is not None:
+                self.cursor = decoded.cursor if self.cursor is None else max(self.cursor, decoded.cursor)

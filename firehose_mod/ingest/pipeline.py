@@ -60,7 +60,10 @@ class IngestPipeline:
                 return
             events, dead, cursor = self._events, self._dead, self._cursor
             self._events, self._dead, self._first_at = [], [], None
-            result = await self.store.commit(self.source, cursor, events, dead, rescan=self.rescan)
+            # Shielded: the batch has left the source, so a cancellation (a read timeout, a stop)
+            # must not roll it back while the source's cursor has already moved past it.
+            with anyio.CancelScope(shield=True):
+                result = await self.store.commit(self.source, cursor, events, dead, rescan=self.rescan)
             self.committed_cursor = cursor
             self.stats["commits"] += 1
             self.stats["enqueued"] += result.enqueued
