@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
     replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
 
+    catalogue = sub.add_parser("catalogue", help="the copyright fingerprint catalogue").add_subparsers(
+        dest="catalogue_command", required=True)
+    cat_add = catalogue.add_parser("add", help="fingerprint reference audio (files or directories) into the catalogue")
+    cat_add.add_argument("paths", nargs="+", metavar="PATH")
+    cat_add.add_argument("--json", action="store_true", help="print the report as JSON")
+    cat_list = catalogue.add_parser("list", help="references (and indexed uploads with --kind upload)")
+    cat_list.add_argument("--kind", choices=["reference", "upload"], default="reference")
+    cat_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    cat_stats = catalogue.add_parser("stats", help="how many references, uploads and index entries")
+    cat_stats.add_argument("--json", action="store_true")
+    cat_remove = catalogue.add_parser("remove", help="take a reference out of the catalogue (then run a rescan)")
+    cat_remove.add_argument("ref", help="the ref as 'catalogue list' shows it")
+    cat_remove.add_argument("--json", action="store_true")
+
     ingest = sub.add_parser("ingest", help="inspect ingest").add_subparsers(dest="ingest_command", required=True)
     dead = ingest.add_parser("dead-letters", help="frames and records that were rejected, newest first, with why")
     dead.add_argument("--limit", type=int, default=20)

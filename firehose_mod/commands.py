@@ -43,6 +43,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await replay(settings, args)
         case "backfill":
             return await backfill(settings, args)
+        case "catalogue":
+            return await catalogue(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
@@ -241,6 +243,63 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
     bar.done()
     _out(json.dumps(report.__dict__))
     return 0
+
+
+async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.scan import copyright as cr
+    from firehose_mod.scan.fingerprint import FingerprintIndex
+    from firehose_mod.store.catalogue import CatalogueStore
+
+    store = await CatalogueStore.open(settings.db_path, synchronous=settings.db_synchronous)
+    try:
+        match args.catalogue_command:
+            case "add":
+                index = FingerprintIndex()  # the running daemon reloads its own within 30 s
+                bar = ProgressLine()
+                report = await cr.import_paths(
+                    args.paths, store, index,
+                    progress=lambda done, total, path, status: bar.show(done / max(1, total), f"{done}/{total} {status} {path[-60:]}"),
+                )
+                bar.done()
+                body = {"added": report.added, "skipped": [{"path": p, "why": w} for p, w in report.skipped],
+                        "failed": [{"path": p, "error": e} for p, e in report.failed],
+                        "seconds_of_audio": round(report.seconds_of_audio, 1)}
+                if args.json:
+                    _out(json.dumps(body))
+                else:
+                    _out(f"added {len(report.added)} references ({report.seconds_of_audio / 60:.1f} audio-minutes),"
+                         f" skipped {len(report.skipped)}, failed {len(report.failed)}")
+                    for p, why in report.skipped[:20] + report.failed[:20]:
+                        _out(f"  {p}: {why}")
+                    if report.added:
+                        _out("new uploads are checked against them now; to check earlier ones, replay: firehose-mod replay --cursor T")
+                return 1 if report.failed else 0
+            case "list":
+                refs = await store.list(kind=args.kind)
+                for r in refs:
+                    row = {"ref": r.ref, "kind": r.kind, "title": r.title, "artist": r.artist,
+                           "duration": r.duration, "added": r.added, "entries": r.entries}
+                    _out(json.dumps(row) if args.json else
+                         f"{r.ref}  {r.title or '-'} / {r.artist or '-'}  {r.duration or 0:.0f}s  added {r.added}")
+                if not refs and not args.json:
+                    _out(f"no {args.kind}s in the catalogue (add some: firehose-mod catalogue add PATH...)")
+                return 0
+            case "stats":
+                stats = await store.stats()
+                _out(json.dumps(stats) if args.json else "  ".join(f"{k} {v}" for k, v in stats.items()))
+                return 0
+            case "remove":
+                removed = await cr.remove_reference(args.ref, store, FingerprintIndex())
+                if args.json:
+                    _out(json.dumps({"ref": args.ref, "removed": removed}))
+                elif removed:
+                    _out(f"removed {args.ref}; labels that rested on it stay until a rescan negates them")
+                else:
+                    raise CommandError(f"no reference {args.ref!r} in the catalogue (see: firehose-mod catalogue list)")
+                return 0 if removed else 1
+    finally:
+        await store.close()
+    raise CommandError(f"unknown catalogue command {args.catalogue_command}")
 
 
 async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:

@@ -129,6 +129,8 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         async with anyio.create_task_group() as tg:
             server = await tg.start(run_server, settings, label_log)
             tg.start_soon(workers.run)
+            if engine.catalogue is not None:
+                tg.start_soon(engine.catalogue.follow_imports)
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine}
             server.status_providers.append(lambda: _ingest_status(store, source, workers))
             if source is not None:
@@ -167,7 +169,9 @@ async def open_engine(settings: Settings, label_log: LabelLog) -> AsyncIterator:
         scanners = build_scanners(settings, catalogue=catalogue)
         log.info("scan.ready", scanners={s.name: s.version for s in scanners}, policy=policy.version,
                  policy_source=policy.source)
-        yield ScanEngine(scanners, policy, label_log, decisions, ctx, timeout=settings.scan_timeout)
+        engine = ScanEngine(scanners, policy, label_log, decisions, ctx, timeout=settings.scan_timeout)
+        engine.catalogue = catalogue
+        yield engine
 
 
 async def _ingest_status(store, source, workers) -> dict:

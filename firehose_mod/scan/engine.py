@@ -52,6 +52,7 @@ class ScanEngine:
         self.decisions = decisions
         self.ctx = ctx
         self.timeout = timeout
+        self.catalogue = None  # the fingerprint catalogue, when the copyright scanner is on
         self.stats: dict[str, dict[str, float]] = {s.name: {"runs": 0, "failures": 0, "timeouts": 0, "seconds": 0.0}
                                                    for s in scanners}
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -48,17 +50,58 @@ def build_scanners(settings: Settings, *, catalogue=None) -> list[Scanner]:
     return scanners
 
 
+@dataclass
+class Catalogue:
+    """The fingerprint catalogue: its store and the in-memory index built from it."""
+
+    store: Any
+    index: Any
+    _scanner: Any = None
+
+    def scanner(self) -> Scanner:
+        from firehose_mod.scan.copyright import CopyrightScanner
+
+        if self._scanner is None:
+            self._scanner = CopyrightScanner(self.store, self.index)
+            self._scanner.values = frozenset({"copyright-violation"})
+        return self._scanner
+
+    async def follow_imports(self, interval: float = 30.0) -> None:
+        """Reload the index when an operator imports or removes references from another process
+        (`firehose-mod catalogue add/remove` while the daemon runs). Runs until cancelled."""
+        from firehose_mod.scan.copyright import load_index
+        from firehose_mod.scan.fingerprint import FingerprintIndex
+
+        seen = await self.store.reference_signature()
+        while True:
+            await anyio.sleep(interval)
+            now = await self.store.reference_signature()
+            if now != seen:
+                fresh = FingerprintIndex()
+                loaded = await load_index(self.store, fresh)
+                self.index = fresh  # swapped whole: a scan in flight finishes on the old one
+                if self._scanner is not None:
+                    self._scanner.index = fresh
+                seen = now
+                log.info("catalogue.reloaded", **loaded)
+
+
 @asynccontextmanager
-async def open_catalogue(settings: Settings):
-    """The fingerprint catalogue for the copyright scanner, or None while it is not built."""
+async def open_catalogue(settings: Settings) -> AsyncIterator[Catalogue]:
+    """Open the catalogue and load every fingerprint into memory (about 1 s per 1,000 tracks)."""
+    from firehose_mod.scan.copyright import load_index
+    from firehose_mod.scan.fingerprint import FingerprintIndex
+    from firehose_mod.store.catalogue import CatalogueStore
+
+    store = await CatalogueStore.open(settings.db_path, synchronous=settings.db_synchronous)
     try:
-        from firehose_mod.scan.copyright import open_catalogue as _open
-    except ImportError:
-        log.warning("scan.copyright_unavailable", hint="the fingerprint catalogue is not built in this version")
-        yield None
-        return
-    async with _open(settings) as catalogue:
-        yield catalogue
+        index = FingerprintIndex()
+        loaded = await load_index(store, index)
+        log.info("catalogue.loaded", **loaded)
+        yield Catalogue(store, index)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
 
 
 async def run_cpu(fn, *args):

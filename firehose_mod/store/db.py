@@ -155,6 +155,30 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX review_open ON review_items(uri, value) WHERE state = 'open';
     CREATE INDEX review_state ON review_items(state, id);
     """,
+    # 5: the copyright catalogue: reference recordings and indexed uploads, one fingerprint blob each.
+    """
+    CREATE TABLE catalogue_refs (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        ref       TEXT NOT NULL UNIQUE,      -- a reference name, or an upload's at-uri
+        kind      TEXT NOT NULL CHECK (kind IN ('reference', 'upload')),
+        title     TEXT,
+        artist    TEXT,
+        source    TEXT,                      -- file path or URI it was read from
+        duration  REAL,
+        sha256    TEXT,
+        chromaprint BLOB,                    -- raw fpcalc items, little-endian uint32
+        fp_version TEXT NOT NULL,            -- landmark fingerprint version that made the hashes
+        entries   INTEGER NOT NULL DEFAULT 0,
+        added     TEXT NOT NULL,
+        removed   INTEGER NOT NULL DEFAULT 0 CHECK (removed IN (0, 1))
+    );
+    CREATE INDEX catalogue_refs_sha256 ON catalogue_refs(sha256);
+    -- Packed index entries (uint32 keys, float32 times, float16 pitches, float16 spans).
+    CREATE TABLE catalogue_hashes (
+        ref_id    INTEGER PRIMARY KEY REFERENCES catalogue_refs(id),
+        data      BLOB NOT NULL
+    );
+    """,
 ]
 
 
