@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
     replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
 
+    rescan = sub.add_parser("rescan", help="re-evaluate stored tracks against today's scanners, policy and catalogue")
+    which = rescan.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every stored track")
+    which.add_argument("--since", metavar="T", help="tracks created or updated since T (e.g. 2026-11-01T00:00:00Z)")
+    which.add_argument("--uri", action="append", metavar="URI", help="this track (repeatable)")
+    rescan.add_argument("--scanner", metavar="NAME", help="re-run only this scanner (the others' labels are kept)")
+    rescan.add_argument("--apply", action="store_true", help="write the difference (default: show it, write nothing)")
+    rescan.add_argument("--json", action="store_true", help="one JSON object per changed track, then a summary")
+    rescan.add_argument("--rate", type=float, default=20.0, help="tracks per second at most (default 20)")
+
     catalogue = sub.add_parser("catalogue", help="the copyright fingerprint catalogue").add_subparsers(
         dest="catalogue_command", required=True)
     cat_add = catalogue.add_parser("add", help="fingerprint reference audio (files or directories) into the catalogue")

@@ -45,6 +45,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await backfill(settings, args)
         case "catalogue":
             return await catalogue(settings, args)
+        case "rescan":
+            return await rescan(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
@@ -242,6 +244,56 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     bar.done()
     _out(json.dumps(report.__dict__))
+    return 0
+
+
+async def rescan(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.daemon import open_engine
+    from firehose_mod.ops.rescan import RescanReport, rescan as run_rescan
+    from firehose_mod.store.ingest import IngestStore
+
+    if args.since:
+        try:
+            from firehose_mod.labels.model import format_datetime, parse_datetime
+
+            since = format_datetime(parse_datetime(args.since))
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
+    else:
+        since = None
+    report = RescanReport(applied=args.apply)
+    bar = ProgressLine()
+    async with open_label_log(settings) as label_log, open_engine(settings, label_log) as engine:
+        if engine.catalogue is not None:
+            engine.catalogue.scanner().index_uploads = args.apply  # a dry run writes nothing, not even the index
+        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
+        try:
+            async for change in run_rescan(settings, engine, store, uris=args.uri, since=since,
+                                           scanner=args.scanner, apply=args.apply, rate=args.rate, report=report,
+                                           progress=lambda r: bar.show(0.0, f"checked {r.checked}, changed {r.changed}")):
+                if args.json:
+                    _out(json.dumps(change.to_json()))
+                else:
+                    _out(change.uri)
+                    for e in change.emit:
+                        _out(f"  + label {e['value']}  ({e['rule']})")
+                    for v in change.negate:
+                        _out(f"  - negate {v}  (no longer found)")
+                    for r in change.review:
+                        _out(f"  ? review {r['value']}  ({r['rule']})")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            await store.close()
+    bar.done()
+    summary = {"summary": report.__dict__}
+    if args.json:
+        _out(json.dumps(summary))
+    else:
+        verb = "changed" if args.apply else "would change"
+        _out(f"checked {report.checked} tracks: {report.changed} {verb} (+{report.labels} labels,"
+             f" -{report.negations} negations, ?{report.reviews} reviews), {report.failures} with scanner failures"
+             + ("" if args.apply or not report.changed else "; run again with --apply to write this"))
     return 0
 
 

@@ -57,11 +57,13 @@ class ScanEngine:
                                                    for s in scanners}
 
     # -- scanning (reads only) ----------------------------------------------------------------
-    async def scan(self, track: Track) -> ScanResult:
-        """Run every scanner; scanners marked `after_local` (AudD) run last and see `local_match`."""
-        result = ScanResult(versions={s.name: s.version for s in self.scanners})
-        first = [s for s in self.scanners if not getattr(s, "after_local", False)]
-        later = [s for s in self.scanners if getattr(s, "after_local", False)]
+    async def scan(self, track: Track, *, only: set[str] | None = None) -> ScanResult:
+        """Run every scanner (or those named in `only`); scanners marked `after_local` (AudD)
+        run last and see `local_match`."""
+        chosen = [s for s in self.scanners if only is None or s.name in only]
+        result = ScanResult(versions={s.name: s.version for s in chosen})
+        first = [s for s in chosen if not getattr(s, "after_local", False)]
+        later = [s for s in chosen if getattr(s, "after_local", False)]
         await self._run_all(first, track, self.ctx, result)
         if later:
             local = any(f.kind == "copyright-match" for f in result.findings)
@@ -96,15 +98,18 @@ class ScanEngine:
             result.seconds[scanner.name] = round(elapsed, 3)
 
     async def plan(self, track: Track, result: ScanResult) -> Plan:
-        """What the policy would change on `track` given `result` (reads only)."""
+        """What the policy would change on `track` given `result` (reads only).
+
+        Scanners that failed, or did not run (`result.versions` lacks them), protect what
+        they could have produced: "not looked at" is never "nothing there"."""
         origins = await self.decisions.automatic_values(track.uri)
         in_force = {label.val for label in await self.label_log.in_force(track.uri)}
         auto = {v for v in in_force if origins.get(v) == "policy"}
         protected: set[str] = set()
-        for name in result.failures:
-            scanner = next(s for s in self.scanners if s.name == name)
-            values = getattr(scanner, "values", None)
-            protected |= set(values) if values is not None else auto  # unknown: negate nothing
+        for scanner in self.scanners:
+            if scanner.name in result.failures or scanner.name not in result.versions:
+                values = getattr(scanner, "values", None)
+                protected |= set(values) if values is not None else auto  # unknown: negate nothing
         return decide(self.policy, track, result.findings, auto, protected)
 
     # -- writing --------------------------------------------------------------------------------

@@ -267,7 +267,9 @@ def decide(policy: Policy, track: Track, findings: list[Finding], auto_in_force:
     for value, hits in labels.items():
         plan.emit.append(Decision(value, hits[0][0].name, tuple(f for _, f in hits)))
     for value, hits in reviews.items():
-        if value not in labels and value not in auto_in_force:
+        if value not in labels:
             plan.review.append(Decision(value, hits[0][0].name, tuple(f for _, f in hits)))
-    plan.negate = sorted(auto_in_force - set(labels) - set(reviews) - set(protected))
+    # An automatic label the policy would not write today is withdrawn, even when the same
+    # evidence now calls for a human: the review decides, not yesterday's threshold.
+    plan.negate = sorted(auto_in_force - set(labels) - set(protected))
     return plan

@@ -179,6 +179,18 @@ MIGRATIONS: list[str] = [
         data      BLOB NOT NULL
     );
     """,
+    # 6: rescan runs, so an interrupted `rescan --apply` resumes where it stopped.
+    """
+    CREATE TABLE rescans (
+        key       TEXT PRIMARY KEY,   -- hash of the selection, the policy and scanner versions
+        last_uri  TEXT NOT NULL DEFAULT '',
+        checked   INTEGER NOT NULL DEFAULT 0,
+        changed   INTEGER NOT NULL DEFAULT 0,
+        finished  INTEGER NOT NULL DEFAULT 0,
+        started   TEXT NOT NULL,
+        updated   TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -152,6 +152,37 @@ class IngestStore:
         )
         return cur.rowcount > 0
 
+    async def tracks_page(self, after_uri: str, limit: int, *, since: str | None = None,
+                          uris: list[str] | None = None) -> list[tuple[str, str, dict]]:
+        """(uri, cid, record) of live tracks after `after_uri` in uri order: a rescan's pages."""
+        sql = "SELECT uri, cid, record FROM tracks WHERE deleted = 0 AND record IS NOT NULL AND uri > ?"
+        params: list = [after_uri]
+        if since is not None:
+            sql += " AND updated >= ?"
+            params.append(since)
+        if uris:
+            sql += f" AND uri IN ({', '.join('?' * len(uris))})"
+            params += uris
+        async with self._db.execute(sql + " ORDER BY uri LIMIT ?", (*params, limit)) as cur:
+            return [(u, c or "", json.loads(r)) for u, c, r in await cur.fetchall()]
+
+    async def rescan_state(self, key: str) -> dict | None:
+        async with self._db.execute("SELECT last_uri, checked, changed, finished FROM rescans WHERE key = ?",
+                                    (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else dict(zip(("last_uri", "checked", "changed", "finished"), row))
+
+    async def save_rescan(self, key: str, last_uri: str, checked: int, changed: int, finished: bool) -> None:
+        now = now_iso()
+        async with self._lock:
+            await self._db.execute(
+                "INSERT INTO rescans (key, last_uri, checked, changed, finished, started, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET last_uri = excluded.last_uri,"
+                " checked = excluded.checked, changed = excluded.changed, finished = excluded.finished,"
+                " updated = excluded.updated",
+                (key, last_uri, checked, changed, int(finished), now, now),
+            )
+
     async def known_dids(self) -> set[str]:
         """DIDs that have published tracks: whose identity and account events we keep."""
         async with self._db.execute("SELECT DISTINCT did FROM tracks") as cur:
