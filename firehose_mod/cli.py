@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
     replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
 
+    explain = sub.add_parser("explain", help="every label on a track or account, with the decision and evidence behind it")
+    explain.add_argument("subject", help="an at:// URI of a track, or a DID")
+    explain.add_argument("--json", action="store_true", help="the whole explanation as JSON")
+
     rescan = sub.add_parser("rescan", help="re-evaluate stored tracks against today's scanners, policy and catalogue")
     which = rescan.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every stored track")

@@ -47,6 +47,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await catalogue(settings, args)
         case "rescan":
             return await rescan(settings, args)
+        case "explain":
+            return await explain(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
@@ -244,6 +246,28 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     bar.done()
     _out(json.dumps(report.__dict__))
+    return 0
+
+
+async def explain(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.ops.explain import ExplainError, explain as run_explain, render_text
+    from firehose_mod.store.decisions import DecisionStore
+
+    if not settings.db_path.exists():
+        raise CommandError(f"no database at {settings.db_path}: nothing labelled or scanned yet")
+    async with open_label_log(settings) as label_log:
+        decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
+        try:
+            expl = await run_explain(label_log, decisions, args.subject)
+        except ExplainError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            await decisions.close()
+    _out(json.dumps(expl.to_json(), indent=2) if args.json else render_text(expl))
+    if expl.empty:
+        print(f"firehose-mod: nothing recorded for {args.subject}: never labelled or scanned by this labeler",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
 
 from firehose_mod.ingest.events import TrackEvent
@@ -87,5 +86,17 @@ async def test_catalogue_add_rescan_apply_idempotent_remove_and_threshold_change
         run_cli("catalogue", "remove", ref, env=env)
         rows, summary = rescan(env, "--all", "--apply")
         assert [(r["uri"], r["negate"]) for r in rows] == [(COPY, ["copyright-violation"])]
+
+        # explain, from the CLI: both labels with the decisions and evidence behind them.
+        expl = json.loads(run_cli("explain", COPY, "--json", env=env).stdout)
+        (label, negation) = expl["labels"]
+        assert (label["val"], label["neg"], negation["neg"]) == ("copyright-violation", False, True)
+        assert label["decision"]["rule"] == "catalogue-match" and label["decision"]["origin"] == "policy"
+        assert label["decision"]["findings"][0]["evidence"]["ref"] == ref
+        assert expl["in_force"] == []
+        # OTHER was only ever rescanned (a rescan records changes, not clean results): said plainly.
+        other = run_cli("explain", OTHER, env=env, check=False)
+        assert other.returncode == 1 and "nothing recorded" in other.stderr
+        text = run_cli("explain", COPY, env=env).stdout
+        assert "catalogue-match" in text and "copyright-violation" in text
     assert db_counts(settings.db_path)["labels"] == 2  # the label, then its negation: history kept
-    await anyio.sleep(0)

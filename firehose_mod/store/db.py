@@ -191,6 +191,10 @@ MIGRATIONS: list[str] = [
         updated   TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 7: a label's history by subject (explain) without reading the whole log.
+    """
+    CREATE INDEX labels_uri ON labels(uri, seq);
+    """,
 ]
 
 

@@ -17,6 +17,7 @@ import anyio
 
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.query import prefix_upper_bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,37 @@ class DecisionStore:
             out.update({s: n for s, n in await cur.fetchall()})
         return out
 
+    async def uris_under(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """{uri: (decisions, latest decision time)} for every uri starting with `prefix`.
+
+        A range scan of the decisions_uri index (no LIKE); explain lists an account's records with it.
+        """
+        where, params = _prefix_range("uri", prefix)
+        async with self._db.execute(
+            f"SELECT uri, count(*), max(created) FROM decisions WHERE {where} GROUP BY uri ORDER BY uri", params
+        ) as cur:
+            return {uri: (n, latest) for uri, n, latest in await cur.fetchall()}
+
+    async def open_reviews_under(self, prefix: str) -> list[ReviewItem]:
+        """The open review items of every uri starting with `prefix`, by uri then id."""
+        where, params = _prefix_range("uri", prefix)
+        # Without ANALYZE statistics SQLite prefers review_state and walks every open item.
+        async with self._db.execute(
+            f"SELECT * FROM review_items INDEXED BY review_open WHERE state = 'open' AND {where} ORDER BY uri, id",
+            params,
+        ) as cur:
+            return [_review(r) for r in await cur.fetchall()]
+
 
 def _review(row) -> ReviewItem:
     (id_, uri, cid, value, reason, evidence, state, resolution, resolved_by, resolved_at, created) = row
     return ReviewItem(id_, uri, cid, value, reason, json.loads(evidence), state, resolution, resolved_by,
                       resolved_at, created)
+
+
+def _prefix_range(column: str, prefix: str) -> tuple[str, list]:
+    """`column` starts with `prefix`, as a range an index can serve (LIKE would not, and has wildcards)."""
+    upper = prefix_upper_bound(prefix)
+    if upper is None:
+        return f"{column} >= ?", [prefix]
+    return f"{column} >= ? AND {column} < ?", [prefix, upper]

@@ -22,7 +22,7 @@ import structlog
 from firehose_mod.labels.model import Label, now_iso, validate_label_fields
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db, transaction
-from firehose_mod.store.query import build_query
+from firehose_mod.store.query import build_query, prefix_upper_bound
 
 log = structlog.get_logger(__name__)
 
@@ -246,6 +246,22 @@ class LabelLog:
         async with self._reader.execute("SELECT count(*) FROM labels") as cur:
             (n,) = await cur.fetchone()
         return n
+
+    async def current_under(self, prefix: str) -> list[StoredLabel]:
+        """The latest label of this labeler per (uri, val) for every uri starting with `prefix`.
+
+        A range scan of label_state's primary key (no LIKE), ordered by uri then seq; the
+        caller tells in force from negated or expired. Used by explain for an account's records.
+        """
+        upper = prefix_upper_bound(prefix)
+        cols = ", ".join("l." + c.strip() for c in _COLUMNS.split(","))
+        sql = f"SELECT {cols} FROM label_state s JOIN labels l ON l.seq = s.seq WHERE s.uri >= ?"
+        params: list = [prefix]
+        if upper is not None:
+            sql += " AND s.uri < ?"
+            params.append(upper)
+        async with self._reader.execute(sql + " AND s.src = ? ORDER BY s.uri, s.seq", (*params, self.src)) as cur:
+            return [_row(r) for r in await cur.fetchall()]
 
 
 def _changes_state(current: Label | None, r: EmitRequest, now: datetime) -> bool:
