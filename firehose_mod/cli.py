@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
     replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
 
+    scan = sub.add_parser("scan", help="dry run: what would the scanners and the policy do with these? (writes nothing)")
+    scan.add_argument("targets", nargs="+", metavar="TARGET",
+                      help="an audio or image file, a directory, an http(s) URL, or a track's at:// URI")
+    scan.add_argument("--json", action="store_true", help="one JSON object per target")
+    scan.add_argument("--concurrency", type=int, help="targets scanned at once (default: the number of cores)")
+
     explain = sub.add_parser("explain", help="every label on a track or account, with the decision and evidence behind it")
     explain.add_argument("subject", help="an at:// URI of a track, or a DID")
     explain.add_argument("--json", action="store_true", help="the whole explanation as JSON")

@@ -49,6 +49,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await rescan(settings, args)
         case "explain":
             return await explain(settings, args)
+        case "scan":
+            return await scan(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
@@ -247,6 +249,28 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
     bar.done()
     _out(json.dumps(report.__dict__))
     return 0
+
+
+async def scan(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0: nothing would change; 1: something would be labeled, negated or reviewed; 2: errors."""
+    from firehose_mod.ops.dryrun import dry_run, exit_code, render_summary, render_text
+    from firehose_mod.scan.cover import BlocklistError
+    from firehose_mod.scan.policy import PolicyError
+
+    bar = ProgressLine()
+
+    def show(result) -> None:
+        _out(json.dumps(result.to_json()) if args.json else render_text(result))
+
+    try:
+        report = await dry_run(settings, args.targets, concurrency=args.concurrency, on_result=show,
+                               progress=lambda done, total, target, status: bar.show(done / max(1, total),
+                                                                                    f"{done}/{total} {status}"))
+    except (PolicyError, BlocklistError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    bar.done()
+    print(render_summary(report), file=sys.stderr)
+    return exit_code(report)
 
 
 async def explain(settings: Settings, args: argparse.Namespace) -> int:

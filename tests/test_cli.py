@@ -125,3 +125,19 @@ def test_backfill_command_queues_tracks_reports_and_resumes(tmp_path):
         assert report["failures"][0]["did"] == "did:plc:nopdsaaaaaaaaaaaaaaaaaaa"
         again = json.loads(run_cli("backfill", "--did", "did:plc:artistoneaaaaaaaaaaaaaaa", env=env).stdout)
         assert again["enqueued"] == 0  # already read: nothing new, nothing twice
+
+
+def test_scan_command_is_a_dry_run_with_json_per_target(tmp_path):
+    from tests import media as M
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    M.write_wav(folder / "a.wav", M.song(7, 15))
+    M.write_wav(folder / "b.wav", M.song(8, 15))
+    env = env_for(tmp_path / "var")
+    proc = run_cli("scan", str(folder), "--json", env=env, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["target"].rsplit("/", 1)[-1] for r in rows] == ["a.wav", "b.wav"]
+    assert all(r["match"] is None and r["kind"] == "audio" and "decisions" in r for r in rows)
+    assert "nothing was written" in proc.stderr
+    assert not (tmp_path / "var").exists()  # not even a database or a key
