@@ -1,4 +1,4 @@
-"""Command-line interface: argument parsing only; the work is done in the package."""
+"""Command-line interface: argument parsing here, one module per area of operator commands."""
 
 from __future__ import annotations
 
@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from firehose_mod import commands
+    from firehose_mod.cli.common import CommandError
+    from firehose_mod.cli.dispatch import dispatch
 
     try:
-        return anyio.run(commands.dispatch, args, settings)
-    except (LabelError, KeyError_, SchemaError, commands.CommandError) as exc:
+        return anyio.run(dispatch, args, settings)
+    except (LabelError, KeyError_, SchemaError, CommandError) as exc:
         print(f"firehose-mod: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
