@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-
-import aiosqlite
-import anyio
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.db import Store, transaction
 
 _COLUMNS = "did, pds, state, cursor, records, error, attempts, updated"
 
@@ -33,20 +29,8 @@ class BackfillRepo:
     updated: str
 
 
-class BackfillStore:
+class BackfillStore(Store):
     """Typed access to `backfill_repos`; its own connection, writes serialised by a lock."""
-
-    def __init__(self, db: aiosqlite.Connection):
-        self._db = db
-        # Concurrent repo workers share this connection: transactions must not interleave.
-        self._lock = anyio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> BackfillStore:
-        return cls(await open_db(path, synchronous=synchronous))
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def add_dids(self, dids: Iterable[str]) -> int:
         """Record repos to read (pending); repos already known keep their state. Returns how many are new."""

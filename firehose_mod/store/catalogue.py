@@ -9,14 +9,11 @@ what, and when) but loses its hashes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import aiosqlite
-import anyio
 import numpy as np
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.db import Store, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +41,8 @@ def _row(r) -> CatalogueRef:
     return CatalogueRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], chroma, r[9], r[10], r[11], bool(r[12]))
 
 
-class CatalogueStore:
+class CatalogueStore(Store):
     """Typed access to the catalogue tables; safe to share one connection between tasks."""
-
-    def __init__(self, db: aiosqlite.Connection):
-        self._db = db
-        self._lock = anyio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> CatalogueStore:
-        return cls(await open_db(path, synchronous=synchronous))
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def add_reference(self, ref: str, entries: bytes, *, fp_version: str, entry_count: int,
                             title: str | None = None, artist: str | None = None, source: str | None = None,

@@ -219,6 +219,24 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Conne
         await db.execute("COMMIT")
 
 
+class Store:
+    """One aiosqlite connection shared by many tasks; subclasses hold the SQL of one concern.
+
+    `_lock` serialises writes: transactions must not interleave on a shared connection.
+    """
+
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL", readonly: bool = False):
+        return cls(await open_db(path, synchronous=synchronous, readonly=readonly))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
 class SchemaError(RuntimeError):
     """The database cannot be used by this version of firehose-mod."""
 

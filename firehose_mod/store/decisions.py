@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
-import aiosqlite
-import anyio
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.db import Store, transaction
 from firehose_mod.store.query import prefix_upper_bound
 
 
@@ -58,17 +54,8 @@ def _finding_json(findings) -> str:
     return json.dumps(out, default=str)
 
 
-class DecisionStore:
-    def __init__(self, db: aiosqlite.Connection):
-        self._db = db
-        self._lock = anyio.Lock()
+class DecisionStore(Store):
 
-    @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> DecisionStore:
-        return cls(await open_db(path, synchronous=synchronous))
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def record(self, rows: list[DecisionRow], reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
         """Write decisions and open review items (uri, cid, value, reason, findings) in one transaction.

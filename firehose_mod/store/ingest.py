@@ -14,14 +14,10 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import aiosqlite
-import anyio
 
 from firehose_mod.ingest.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.db import Store, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +39,8 @@ class ScanJob:
     deleted: bool = False
 
 
-class IngestStore:
+class IngestStore(Store):
     """Typed access to the ingest tables; one writer connection."""
-
-    def __init__(self, db: aiosqlite.Connection):
-        self._db = db
-        # The pipeline and the workers share this connection: writes must not interleave.
-        self._lock = anyio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> IngestStore:
-        return cls(await open_db(path, synchronous=synchronous))
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def cursor(self, source: str) -> int | None:
         """The saved cursor of `source`, or None if it never committed."""
