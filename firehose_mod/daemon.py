@@ -128,6 +128,9 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
 
         async with anyio.create_task_group() as tg:
             server = await tg.start(run_server, settings, label_log)
+            from firehose_mod.ingest.metrics import ScanCollector
+
+            server.metrics.registry.register(ScanCollector(engine))
             tg.start_soon(workers.run)
             if engine.catalogue is not None:
                 tg.start_soon(engine.catalogue.follow_imports)

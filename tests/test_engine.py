@@ -196,3 +196,21 @@ def base_text() -> str:
     from firehose_mod.scan.policy import DEFAULT_POLICY
 
     return DEFAULT_POLICY
+
+
+async def test_scan_metrics_count_runs_failures_and_audd_cost(label_log, decisions):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from firehose_mod.ingest.metrics import ScanCollector
+
+    audd = FakeScanner("audd", fail=True)
+    audd.stats = {"calls": 3, "units": 45, "usd": 0.225, "skipped_local_match": 7}
+    engine = engine_with(label_log, decisions, FakeScanner("cover-art", [nsfw(0.1)]), audd)
+    with pytest.raises(ScannersFailed):
+        await engine.process(track())
+    registry = CollectorRegistry()
+    registry.register(ScanCollector(engine))
+    text = generate_latest(registry).decode()
+    assert 'firehose_mod_scanner_runs_total{scanner="cover-art"} 1.0' in text
+    assert 'firehose_mod_scanner_failures_total{scanner="audd"} 1.0' in text
+    assert "firehose_mod_audd_cost_usd_total 0.225" in text and "firehose_mod_audd_units_total 45.0" in text

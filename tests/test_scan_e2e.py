@@ -69,6 +69,10 @@ async def test_blocklisted_cover_is_labeled_then_withdrawn_and_rude_title_waits_
                                    track_record("Fine Title", imageUrl=f"{media.base}/clean.png")))
                 await collect(ws, got, count=2, timeout=30)
             history = await engine.decisions.history(BAD)
+            import httpx
+
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
             tg.cancel_scope.cancel()
     first, withdrawn = got.labels
     assert (first.uri, first.val, first.neg) == (BAD, "porn", False)
@@ -80,3 +84,5 @@ async def test_blocklisted_cover_is_labeled_then_withdrawn_and_rude_title_waits_
     assert label_rows[0]["rule"] == "pdq-blocklist"
     assert label_rows[0]["evidence"][0]["evidence"]["list_entry_note"] == "reported image"
     assert [r["action"] for r in history] == ["label", "negate"]
+    assert 'firehose_mod_scanner_runs_total{scanner="cover-art"} 3.0' in metrics
+    assert 'firehose_mod_scanner_failures_total{scanner="cover-art"} 0.0' in metrics

@@ -39,3 +39,33 @@ class IngestCollector:
         for outcome in ("done", "retried", "failed"):
             jobs.add_metric([outcome], self.workers.stats[outcome])
         yield jobs
+
+
+class ScanCollector:
+    """Per-scanner runs, failures, timeouts and seconds; AudD's units and cost; the review queue."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        runs = CounterMetricFamily("firehose_mod_scanner_runs", "Scanner runs.", labels=["scanner"])
+        failures = CounterMetricFamily("firehose_mod_scanner_failures", "Scanner runs that raised.", labels=["scanner"])
+        timeouts = CounterMetricFamily("firehose_mod_scanner_timeouts", "Scanner runs past the timeout.",
+                                       labels=["scanner"])
+        seconds = CounterMetricFamily("firehose_mod_scanner_seconds", "Wall seconds spent in a scanner.",
+                                      labels=["scanner"])
+        for name, st in self.engine.stats.items():
+            runs.add_metric([name], st["runs"])
+            failures.add_metric([name], st["failures"])
+            timeouts.add_metric([name], st["timeouts"])
+            seconds.add_metric([name], st["seconds"])
+        yield from (runs, failures, timeouts, seconds)
+        audd = next((s for s in self.engine.scanners if s.name == "audd"), None)
+        if audd is not None:
+            yield CounterMetricFamily("firehose_mod_audd_calls", "AudD requests made (one per track).",
+                                      value=audd.stats["calls"])
+            yield CounterMetricFamily("firehose_mod_audd_units", "AudD 12 s units billed.", value=audd.stats["units"])
+            yield CounterMetricFamily("firehose_mod_audd_cost_usd", "AudD cost in US dollars.", value=audd.stats["usd"])
+            yield CounterMetricFamily("firehose_mod_audd_skipped_local_match",
+                                      "Tracks AudD was not asked about because the local index matched.",
+                                      value=audd.stats["skipped_local_match"])
