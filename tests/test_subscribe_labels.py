@@ -233,3 +233,18 @@ async def test_plain_http_get_on_the_stream_explains_itself(running: Running):
     async with httpx.AsyncClient() as client:
         r = await client.get(f"{running.http_base}/xrpc/com.atproto.label.subscribeLabels")
     assert r.status_code == 400 and "WebSocket" in r.json()["message"]
+
+
+async def test_a_raised_seq_floor_keeps_saved_cursors_below_new_labels(running: Running):
+    """A database restored from an old backup: subscribers hold cursors above its head."""
+    await fill(running.log, 3)
+    assert await running.log.raise_seq_floor(1000) == 3
+    with pytest.raises(ValueError, match="already at seq 1000"):
+        await running.log.raise_seq_floor(500)
+    async with subscribe(running.ws_base, 700) as ws:  # a cursor from the lost database
+        await running.log.emit(uri(50), "porn")
+        got = await collect(ws, Received(), count=1)
+    assert got.seqs == [1001]
+    async with subscribe(running.ws_base, 2000) as ws:
+        header, body = decode(await ws.recv())
+    assert body["error"] == "FutureCursor"

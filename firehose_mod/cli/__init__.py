@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--cid", help="pin the label to this record version (CID)")
     emit.add_argument("--neg", action="store_true", help="negate (withdraw) a label in force")
     emit.add_argument("--exp", help="expiry, RFC 3339 (e.g. 2027-01-01T00:00:00.000Z)")
+    floor = label.add_parser("seq-floor", help="start new labels above N (after restoring an older or lost database)")
+    floor.add_argument("floor", type=int, help="the next label gets seq N+1; pick N above every cursor a subscriber may hold")
     tail = label.add_parser("tail", help="replay the stream from a cursor as JSON lines, then follow it")
     tail.add_argument("--cursor", type=int, help="replay labels after this seq (0 = all; omit = live only)")
     tail.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")

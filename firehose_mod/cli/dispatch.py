@@ -6,7 +6,7 @@ import argparse
 
 from firehose_mod.cli.common import CommandError
 from firehose_mod.cli.ingest import backfill, dead_letters, replay
-from firehose_mod.cli.labels import key_show, label_emit, label_tail, status
+from firehose_mod.cli.labels import key_show, label_emit, label_seq_floor, label_tail, status
 from firehose_mod.cli.policy import catalogue, explain, rescan, scan
 from firehose_mod.config import Settings
 from firehose_mod.daemon import run_forever, serve_forever
@@ -26,6 +26,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await label_emit(settings, args)
         case "label" if args.label_command == "tail":
             return await label_tail(settings, args)
+        case "label" if args.label_command == "seq-floor":
+            return await label_seq_floor(settings, args)
         case "status":
             return await status(settings, args)
         case "replay":

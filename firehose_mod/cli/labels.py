@@ -38,6 +38,16 @@ async def label_emit(settings: Settings, args: argparse.Namespace) -> int:
     _out(json.dumps({"seq": stored.seq, "label": stored.label.to_json()}))
     return 0
 
+async def label_seq_floor(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_label_log(settings) as label_log:
+        try:
+            previous = await label_log.raise_seq_floor(args.floor)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    _out(json.dumps({"previous_head": previous, "next_seq": args.floor + 1}))
+    return 0
+
+
 async def label_tail(settings: Settings, args: argparse.Namespace) -> int:
     base = _base_url(settings, args.url)
     ws_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + SUBSCRIBE

@@ -164,10 +164,33 @@ class LabelLog:
 
     # -- reading -----------------------------------------------------------------------
     async def head(self) -> int:
-        """The highest committed seq (0 for an empty log)."""
-        async with self._reader.execute("SELECT seq FROM labels ORDER BY seq DESC LIMIT 1") as cur:
-            row = await cur.fetchone()
-        return row[0] if row else 0
+        """The highest committed seq, or the seq floor an operator raised it to (0 when empty)."""
+        async with self._reader.execute(
+            "SELECT max(coalesce((SELECT seq FROM labels ORDER BY seq DESC LIMIT 1), 0),"
+            " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
+        ) as cur:
+            (head,) = await cur.fetchone()
+        return head
+
+    async def raise_seq_floor(self, floor: int) -> int:
+        """Make the next seq `floor + 1` (never lower than it would be): after restoring a lost or
+        older database, subscribers' saved cursors must stay below the new labels. Returns the
+        previous head."""
+        if not 0 < floor < 2**53 - 1:
+            raise ValueError("the seq floor must be between 1 and 2^53-2")
+        async with self._write_lock, transaction(self._writer) as db:
+            async with db.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM labels), 0),"
+                " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
+            ) as cur:
+                (previous,) = await cur.fetchone()
+            if floor <= previous:
+                raise ValueError(f"the log is already at seq {previous}: a floor must be above it")
+            cur = await db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'labels'", (floor,))
+            if cur.rowcount == 0:
+                await db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('labels', ?)", (floor,))
+        log.warning("label_log.seq_floor_raised", previous=previous, floor=floor)
+        return previous
 
     async def read_after(self, seq: int, limit: int) -> list[StoredLabel]:
         """Up to `limit` labels with seq greater than `seq`, in seq order."""
