@@ -33,6 +33,9 @@ async def test_a_deleted_track_has_its_labels_negated_on_the_stream(settings):
             got = await collect(ws, Received(), count=1)
             fake.append(commit(T0 + 10, "did:plc:artist", "fm.plyr.track", "3ktrack", "delete"))
             await collect(ws, got, count=2)
+        with anyio.fail_after(10):  # the job is marked done just after its negation goes out
+            while (await store.counts())["done"] < 2:
+                await anyio.sleep(0.02)
         async with httpx.AsyncClient() as client:
             status = (await client.get(f"http://127.0.0.1:{server.port}/admin/status")).json()
             metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
