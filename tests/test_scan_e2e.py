@@ -68,7 +68,9 @@ async def test_blocklisted_cover_is_labeled_then_withdrawn_and_rude_title_waits_
                 fake.append(commit(T0 + 2, ARTIST, "fm.plyr.track", "3kbad", "update",
                                    track_record("Fine Title", imageUrl=f"{media.base}/clean.png")))
                 await collect(ws, got, count=2, timeout=30)
-            history = await engine.decisions.history(BAD)
+            with anyio.fail_after(10):  # decisions are recorded just after the labels they explain
+                while len(history := await engine.decisions.history(BAD)) < 2:
+                    await anyio.sleep(0.02)
             import httpx
 
             async with httpx.AsyncClient() as client:
