@@ -73,21 +73,37 @@ def probe_keys(fp: Fingerprint, margins: ProbeMargins = ProbeMargins()) -> tuple
         a[a >= 1 << bits] = -1  # past the last bucket: clipping would probe the same key twice
         base.append(q)
         alt.append(a)
+    # Each field's share of the packed key, for its own bucket and its neighbour: a probe
+    # key is the OR of one share per field (the same keys `_pack` gives, without re-packing).
+    shifts = np.cumsum((0,) + _BITS[:0:-1])[::-1]
+    base_c = [np.clip(q, 0, (1 << bits) - 1).astype(np.uint32) << np.uint32(sh)
+              for q, bits, sh in zip(base, _BITS, shifts)]
+    alt_c = [np.clip(a, 0, (1 << bits) - 1).astype(np.uint32) << np.uint32(sh)
+             for a, bits, sh in zip(alt, _BITS, shifts)]
+    has_alt = [a >= 0 for a in alt]
     n = len(comps)
     keys, idx = [], []
     for combo in range(1 << n):
-        sel = np.ones(fp.t.size, dtype=bool)
-        parts = []
-        for i in range(n):
-            if combo >> i & 1:
-                sel &= alt[i] >= 0
-                parts.append(alt[i])
-            else:
-                parts.append(base[i])
-        rows = np.nonzero(sel)[0]
-        if rows.size:
-            keys.append(_pack([p[rows] for p in parts]))
-            idx.append(rows)
+        fields = [i for i in range(n) if combo >> i & 1]
+        if fields:
+            sel = has_alt[fields[0]]
+            for i in fields[1:]:
+                sel = sel & has_alt[i]
+            rows = np.nonzero(sel)[0]
+            if not rows.size:
+                continue
+            key = (alt_c if 0 in fields else base_c)[0][rows]
+            for i in range(1, n):
+                key |= (alt_c if i in fields else base_c)[i][rows]
+        else:
+            rows = np.arange(fp.t.size)
+            if not rows.size:
+                continue
+            key = base_c[0].copy()
+            for i in range(1, n):
+                key |= base_c[i]
+        keys.append(key)
+        idx.append(rows)
     if not keys:
         return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     return np.concatenate(keys), np.concatenate(idx)

@@ -101,6 +101,15 @@ class _Block:
     t: np.ndarray  # float32 anchor time, s
     f: np.ndarray  # float16 anchor pitch, semitones
     span: np.ndarray  # float16 triplet span, s
+    ukeys: np.ndarray = None  # uint32: the distinct keys, sorted
+    ustart: np.ndarray = None  # int64: where each distinct key starts in `keys` (plus the end)
+
+    def __post_init__(self) -> None:
+        if self.ukeys is None:  # one searchsorted over distinct keys instead of two over all
+            first = np.flatnonzero(np.diff(self.keys) != 0) + 1 if self.keys.size else np.zeros(0, np.int64)
+            starts = np.concatenate([[0], first, [self.keys.size]]) if self.keys.size else np.zeros(1, np.int64)
+            object.__setattr__(self, "ukeys", self.keys[starts[:-1]])
+            object.__setattr__(self, "ustart", starts.astype(np.int64))
 
     @property
     def size(self) -> int:
@@ -198,7 +207,8 @@ class FingerprintIndex:
             "refs": refs,
             "entries": entries,
             "pending_blocks": len(self._pending),
-            "bytes": sum(b.keys.nbytes + b.ref.nbytes + b.t.nbytes + b.f.nbytes + b.span.nbytes for b in blocks),
+            "bytes": sum(b.keys.nbytes + b.ref.nbytes + b.t.nbytes + b.f.nbytes + b.span.nbytes + b.ukeys.nbytes
+                         + b.ustart.nbytes for b in blocks),
         }
 
     # -- lookup --------------------------------------------------------------------------------
@@ -219,22 +229,37 @@ class FingerprintIndex:
         keys, qidx = probe_keys(fp, p.probes)
         order = np.argsort(keys, kind="stable")  # sorted needles: searchsorted walks memory in order
         keys, qidx = keys[order], qidx[order]
-        cands = [self._lookup(b, keys, qidx, alive, p) for b in blocks if b.size]
+        all_alive = bool(alive.all())
+        cands = [self._lookup(b, keys, qidx, alive, all_alive, p) for b in blocks if b.size]
         cands = [c for c in cands if c[0].size]
         if not cands:
             return []
-        qi, ref, tr, fr, sr = (np.concatenate(x) for x in zip(*cands))
-        tq, fq, sq = fp.t[qi], fp.f[qi], fp.span[qi]
-        df = fq - fr
-        scale = sq / np.maximum(sr, 1e-3)
+        if len(cands) == 1:
+            qi, ref, tr, fr, sr = cands[0]
+        else:
+            qi, ref, tr, fr, sr = (np.concatenate(x) for x in zip(*cands))
+        df = fp.f[qi] - fr
+        scale = fp.span[qi] / np.maximum(sr, np.float32(1e-3))
         lim = 1 + p.max_time_scale_change + 0.1  # per-triplet spans are noisy: a loose first cut
-        ok = (np.abs(df) <= p.max_pitch_shift) & (scale < lim) & (scale > 1 / lim)
-        qi, ref, tq, tr, df, sq, sr = qi[ok], ref[ok], tq[ok], tr[ok], df[ok], sq[ok], sr[ok]
-        if qi.size < p.min_matches:
+        ok = np.abs(df) <= p.max_pitch_shift
+        ok &= scale < lim
+        ok &= scale > 1 / lim
+        rows = np.flatnonzero(ok)
+        if rows.size < p.min_matches:
             return []
-        chosen = self._candidates(ref, tq, tr, df, p)
-        keep = np.isin(ref, chosen)  # one pass over all hits, then per-reference work on few
-        qi, ref, tq, tr, df, sq, sr = qi[keep], ref[keep], tq[keep], tr[keep], df[keep], sq[keep], sr[keep]
+        ref, df = ref[rows], df[rows]
+        qi_ok = qi[rows]
+        tq, tr = fp.t[qi_ok], tr[rows]
+        chosen = self._candidates(ref, tq, tr, df, alive.size, p)
+        if not chosen:
+            return []
+        pick = np.zeros(alive.size, dtype=bool)
+        pick[chosen] = True
+        keep = np.flatnonzero(pick[ref])  # one pass over all hits, then per-reference work on few
+        ref, tq, tr, df = ref[keep], tq[keep], tr[keep], df[keep]
+        rows = rows[keep]
+        qi, sr = qi[rows], sr[rows]
+        sq = fp.span[qi]
         qkey = hash_keys(fp)[qi]
         found = []
         for num in chosen:
@@ -246,38 +271,53 @@ class FingerprintIndex:
         return found[:limit]
 
     @staticmethod
-    def _lookup(b: _Block, keys: np.ndarray, qidx: np.ndarray, alive: np.ndarray, p: MatchParams):
-        lo = np.searchsorted(b.keys, keys, side="left")
-        hi = np.searchsorted(b.keys, keys, side="right")
-        counts = hi - lo
+    def _lookup(b: _Block, keys: np.ndarray, qidx: np.ndarray, alive: np.ndarray, all_alive: bool, p: MatchParams):
+        pos = np.searchsorted(b.ukeys, keys, side="left")
+        pos_c = np.minimum(pos, b.ukeys.size - 1)
+        found = b.ukeys[pos_c] == keys
+        lo = b.ustart[pos_c]
+        counts = np.where(found, b.ustart[pos_c + 1] - lo, 0)
         counts[counts > p.max_bucket] = 0
         total = int(counts.sum())
         starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
         ci = starts + np.arange(total)
         qi = np.repeat(qidx, counts)
         ref = b.ref[ci]
-        live = alive[ref]
-        ci, qi, ref = ci[live], qi[live], ref[live]
+        if not all_alive:
+            live = np.flatnonzero(alive[ref])
+            ci, qi, ref = ci[live], qi[live], ref[live]
         return qi, ref, b.t[ci], b.f[ci].astype(np.float32), b.span[ci].astype(np.float32)
 
     @staticmethod
-    def _candidates(ref: np.ndarray, tq: np.ndarray, tr: np.ndarray, df: np.ndarray, p: MatchParams) -> list[int]:
+    def _candidates(ref: np.ndarray, tq: np.ndarray, tr: np.ndarray, df: np.ndarray, n_refs: int,
+                    p: MatchParams) -> list[int]:
         """References whose best coarse (pitch, offset) cell is among the strongest."""
-        pitch = np.round(df).astype(np.int64) + 8
-        off = np.floor((tq - tr) / 2.0).astype(np.int64) + (1 << 20)
-        cell = (ref.astype(np.int64) << 32) | (pitch << 24) | off
-        cells, counts = np.unique(cell, return_counts=True)
-        strong = counts >= max(3, p.min_matches // 3)
-        cells, counts = cells[strong], counts[strong]
+        pitch = np.round(df).astype(np.int64)
+        off = np.floor((tq - tr) / np.float32(2.0)).astype(np.int64)
+        # Cells (reference, pitch shift, 2 s offset) counted in a dense table over the references
+        # present (renumbered in order), so cell order is (reference, pitch, offset) as a sort gives.
+        present = np.bincount(ref, minlength=n_refs) > 0
+        refs = np.flatnonzero(present)
+        compact = np.cumsum(present) - 1
+        p0, o0 = int(pitch.min()), int(off.min())
+        n_p, n_o = int(pitch.max()) - p0 + 1, int(off.max()) - o0 + 1
+        size = refs.size * n_p * n_o
+        if size <= max(4 * ref.size, 1 << 20):
+            cell = (compact[ref] * n_p + (pitch - p0)) * n_o + (off - o0)
+            counts = np.bincount(cell, minlength=size)
+            cells = np.flatnonzero(counts >= max(3, p.min_matches // 3))
+            counts = counts[cells]
+            cref = refs[cells // (n_p * n_o)]
+        else:
+            cell = (ref.astype(np.int64) << 32) | ((pitch + 8) << 24) | (off + (1 << 20))
+            cells, counts = np.unique(cell, return_counts=True)
+            strong = counts >= max(3, p.min_matches // 3)
+            cells, counts = cells[strong], counts[strong]
+            cref = cells >> 32
         order = np.argsort(-counts, kind="stable")
-        out: list[int] = []
-        for c in cells[order]:
-            num = int(c >> 32)
-            if num not in out:
-                out.append(num)
-                if len(out) >= p.candidates:
-                    break
-        return out
+        ranked = cref[order]
+        _, first = np.unique(ranked, return_index=True)
+        return [int(r) for r in ranked[np.sort(first)[:p.candidates]]]
 
 
 def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: np.ndarray, qi: np.ndarray,
