@@ -128,3 +128,20 @@ async def test_a_rotated_key_re_signs_old_labels_on_read(settings, label_log: La
     assert not verify_label(old.key_id, sent)
     (stored,) = await label_log.read_after(0, 10)
     assert stored.key_id == old.key_id  # the stored original is untouched
+
+
+async def test_records_written_with_labels_commit_or_roll_back_together(label_log: LabelLog):
+    async def explode(db, written):
+        assert [s.seq for s in written] == [1]
+        raise RuntimeError("decision store unreachable")
+
+    with pytest.raises(RuntimeError):
+        await label_log.emit_many([EmitRequest(uri(1), "porn")], also=explode)
+    assert await label_log.head() == 0  # no label without the decision that explains it
+    seen = []
+
+    async def note(db, written):
+        seen.extend(s.seq for s in written)
+
+    await label_log.emit_many([EmitRequest(uri(1), "porn")], also=note)
+    assert seen == [1] and await label_log.head() == 1

@@ -17,7 +17,7 @@ import structlog
 from firehose_mod.scan.base import Finding, ScanContext, Scanner, Track
 from firehose_mod.scan.policy import Plan, Policy, decide
 from firehose_mod.store import EmitRequest, LabelLog
-from firehose_mod.store.decisions import DecisionRow, DecisionStore
+from firehose_mod.store.decisions import DecisionRow, DecisionStore, write_decisions
 
 log = structlog.get_logger(__name__)
 
@@ -114,12 +114,25 @@ class ScanEngine:
 
     # -- writing --------------------------------------------------------------------------------
     async def apply(self, track: Track, plan: Plan, result: ScanResult) -> Outcome:
-        """Write the plan: labels and negations to the log, decisions and review items beside them."""
+        """Write the plan: labels, negations, the decisions behind them and review items, in one
+        transaction (a label is never committed without the evidence that explains it)."""
         outcome = Outcome(plan, result)
         requests = [EmitRequest(track.uri, d.value, cid=track.cid) for d in plan.emit]
         in_force = {label.val: label for label in await self.label_log.in_force(track.uri)}
         requests += [EmitRequest(track.uri, v, cid=in_force[v].cid, neg=True) for v in plan.negate if v in in_force]
-        written = {(s.label.val, s.label.neg): s for s in await self.label_log.emit_many(requests)}
+        reviews = [(track.uri, track.cid, d.value, f"policy rule {d.rule}", list(d.findings)) for d in plan.review]
+
+        async def record(db, written_labels) -> None:
+            written = {(s.label.val, s.label.neg): s for s in written_labels}
+            outcome.reviews_opened = await write_decisions(db, self._rows(track, plan, result, written, outcome),
+                                                           reviews)
+
+        await self.label_log.emit_many(requests, also=record)
+        log.info("scan.applied", uri=track.uri, cid=track.cid, emitted=outcome.emitted, negated=outcome.negated,
+                 reviews=outcome.reviews_opened, findings=len(result.findings), failed=sorted(result.failures))
+        return outcome
+
+    def _rows(self, track: Track, plan: Plan, result: ScanResult, written: dict, outcome: Outcome) -> list[DecisionRow]:
         rows: list[DecisionRow] = []
         common = {"origin": "policy", "policy_version": self.policy.version, "scanners": result.versions}
         for d in plan.emit:
@@ -141,11 +154,7 @@ class ScanEngine:
             rows.append(DecisionRow(track.uri, track.cid, "none", None, evidence=result.findings,
                                     reason="; ".join(f"{k}: {v}" for k, v in result.failures.items()) or None,
                                     **common))
-        reviews = [(track.uri, track.cid, d.value, f"policy rule {d.rule}", list(d.findings)) for d in plan.review]
-        outcome.reviews_opened = await self.decisions.record(rows, reviews)
-        log.info("scan.applied", uri=track.uri, cid=track.cid, emitted=outcome.emitted, negated=outcome.negated,
-                 reviews=outcome.reviews_opened, findings=len(result.findings), failed=sorted(result.failures))
-        return outcome
+        return rows
 
     async def process(self, track: Track) -> Outcome:
         """Scan, plan and apply; raises ScannersFailed (after applying) when a scanner failed."""
@@ -157,14 +166,13 @@ class ScanEngine:
 
     async def deleted(self, uri: str, cid: str | None, *, negate: bool) -> list[str]:
         """The record is gone: close its review items and (if configured) negate its labels."""
-        negated: list[str] = []
-        rows: list[DecisionRow] = []
-        if negate:
-            labels = await self.label_log.in_force(uri)
-            written = await self.label_log.emit_many([EmitRequest(uri, x.val, cid=x.cid, neg=True) for x in labels])
-            negated = [s.label.val for s in written]
-            rows = [DecisionRow(uri, cid, "negate", s.label.val, origin="delete", reason="content deleted",
-                                label_seq=s.seq) for s in written]
-        await self.decisions.record(rows)
+        labels = await self.label_log.in_force(uri) if negate else []
+
+        async def record(db, written) -> None:
+            await write_decisions(db, [DecisionRow(uri, cid, "negate", s.label.val, origin="delete",
+                                                   reason="content deleted", label_seq=s.seq) for s in written])
+
+        written = await self.label_log.emit_many([EmitRequest(uri, x.val, cid=x.cid, neg=True) for x in labels],
+                                                 also=record)
         await self.decisions.resolve_reviews(uri, "content-deleted", "firehose-mod")
-        return negated
+        return [s.label.val for s in written]

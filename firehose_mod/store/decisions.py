@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import aiosqlite
+
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.db import Store, transaction
 from firehose_mod.store.query import prefix_upper_bound
@@ -62,25 +64,8 @@ class DecisionStore(Store):
 
         A review item already open for (uri, value) is not opened twice; returns how many opened.
         """
-        now = now_iso()
-        opened = 0
         async with self._lock, transaction(self._db) as db:
-            for r in rows:
-                await db.execute(
-                    "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
-                    " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
-                     json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
-                     r.actor, r.reason, now),
-                )
-            for uri, cid, value, reason, findings in reviews:
-                cur = await db.execute(
-                    "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (uri, cid, value, reason, _finding_json(findings), now),
-                )
-                opened += cur.rowcount
-        return opened
+            return await write_decisions(db, rows, reviews)
 
     async def automatic_values(self, uri: str) -> dict[str, str]:
         """For each value on `uri`, the origin of its latest label/negate decision (policy or human)."""
@@ -164,3 +149,29 @@ def _prefix_range(column: str, prefix: str) -> tuple[str, list]:
     if upper is None:
         return f"{column} >= ?", [prefix]
     return f"{column} >= ? AND {column} < ?", [prefix, upper]
+
+
+async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
+                          reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
+    """The decision and review writes, inside a transaction the caller holds on `db`.
+
+    The engine calls this inside the label log's own transaction, so a label and the decision
+    that explains it are committed together or not at all. Returns the review items opened.
+    """
+    now = now_iso()
+    opened = 0
+    for r in rows:
+        await db.execute(
+            "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
+            " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
+             json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
+             r.actor, r.reason, now),
+        )
+    for uri, cid, value, reason, findings in reviews:
+        cur = await db.execute(
+            "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (uri, cid, value, reason, _finding_json(findings), now),
+        )
+        opened += cur.rowcount
+    return opened

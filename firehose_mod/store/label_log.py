@@ -10,7 +10,7 @@ Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,13 +95,20 @@ class LabelLog:
         written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
         return written[0] if written else None
 
-    async def emit_many(self, requests: Iterable[EmitRequest]) -> list[StoredLabel]:
-        """Append several labels in one transaction; requests that change nothing are skipped."""
+    async def emit_many(
+        self, requests: Iterable[EmitRequest], *,
+        also: Callable[[aiosqlite.Connection, list[StoredLabel]], Awaitable[object]] | None = None,
+    ) -> list[StoredLabel]:
+        """Append several labels in one transaction; requests that change nothing are skipped.
+
+        `also(db, written)` runs inside the same transaction, after the labels are inserted, so
+        records that must agree with the labels (the decisions behind them) commit with them.
+        """
         requests = list(requests)
         for r in requests:
             validate_label_fields(r.uri, r.val, r.cid, r.exp)
         async with self._write_lock:
-            written = await self._append(requests)
+            written = await self._append(requests, also)
         if written:
             for s in written:
                 log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
@@ -109,7 +116,7 @@ class LabelLog:
                 listener(written)
         return written
 
-    async def _append(self, requests: list[EmitRequest]) -> list[StoredLabel]:
+    async def _append(self, requests: list[EmitRequest], also=None) -> list[StoredLabel]:
         written: list[StoredLabel] = []
         states: list[tuple[str, str, str, int]] = []
         now = datetime.now(UTC)
@@ -141,6 +148,8 @@ class LabelLog:
                     " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
                     states,
                 )
+            if also is not None:
+                await also(db, written)
         return written
 
     async def _currents(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
