@@ -106,3 +106,12 @@ def test_findings_are_capped_and_deduplicated():
     shit = [f for f in findings if f.evidence["term"] == "shit"]
     assert len(shit) == 1 and shit[0].evidence["count"] == 50
     assert len(findings) <= 20
+
+
+def test_russian_in_cyrillic_is_caught_and_ordinary_cyrillic_words_are_not():
+    scanner = TextScanner()
+    found = {(f.evidence["category"], f.evidence["term"]) for f in scanner.check([
+        ("title", "Сука любовь"), ("artist", "Пидор"), ("album", "с у к а"),
+    ])}
+    assert found == {("profanity", "сука"), ("slur", "пидор")}
+    assert scanner.check([("title", "сукно и ткань"), ("description", "Классика жанра, хачапури")]) == []

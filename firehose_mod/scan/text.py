@@ -268,6 +268,9 @@ def builtin_index(languages: tuple[str, ...] | None = None) -> TermIndex:
             if " " not in norm and _latin(norm.translate(_LEET)) and len(norm) < 4 and norm not in keep_short:
                 continue  # short Latin words collide with ordinary words of other languages
             index.add(Term(norm, "profanity", (language,)))
+    for _, (language, term) in _wordlist("profanity_extra.txt"):
+        if language in wanted:
+            index.add(Term(" ".join(normalize(term)[0].split()), "profanity", (language,)))
     for _, (language, term) in _wordlist("slurs.txt"):
         index.add(Term(" ".join(normalize(term)[0].split()), "slur", (language,)))
     return index
