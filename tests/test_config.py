@@ -46,3 +46,14 @@ def test_invalid_settings_name_the_setting_and_the_fix(tmp_path, toml, env, mess
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_example_config_documents_every_setting():
+    from dataclasses import fields
+
+    from firehose_mod.config import Settings
+
+    text = EXAMPLE.read_text()
+    undocumented = [f"[{f.metadata['section']}] {f.metadata['key']}" for f in fields(Settings)
+                    if f"{f.metadata['key']} =" not in text]
+    assert undocumented == []
