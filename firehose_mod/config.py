@@ -91,6 +91,10 @@ class Settings:
     ingest_read_timeout: float = field(
         default=60.0, metadata=_meta("ingest", "read_timeout", "seconds of silence before reconnecting")
     )
+    verify_commits: bool = field(
+        default=False,
+        metadata=_meta("ingest", "verify_commits", "check firehose commit signatures against the author's DID key"),
+    )
     negate_on_delete: bool = field(
         default=True, metadata=_meta("ingest", "negate_on_delete", "negate a track's labels when it is deleted")
     )
@@ -263,6 +267,8 @@ def validate(s: Settings) -> None:
         for url in getattr(s, name):
             if not url.startswith(("ws://", "wss://")):
                 raise bad(name, f"{url!r} must be a ws:// or wss:// URL")
+    if s.verify_commits and s.ingest_source != "firehose":
+        raise bad("verify_commits", "needs [ingest] source = \"firehose\": Jetstream does not forward commit signatures")
     if not s.plc_url.startswith(("https://", "http://")):
         raise bad("plc_url", f"{s.plc_url!r} must be an https:// URL")
     if s.ingest_read_timeout <= 0:

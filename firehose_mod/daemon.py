@@ -84,7 +84,7 @@ async def serve_forever(settings: Settings) -> None:
         await tg.start(run_server, settings, label_log)
 
 
-def build_source(settings: Settings, watched_dids: set[str]):
+def build_source(settings: Settings, watched_dids: set[str], *, verifier=None):
     """The configured ingest source, or None for `ingest_source = "none"`."""
     from firehose_mod.ingest.filters import Collections
     from firehose_mod.ingest.reconnect import Backoff
@@ -102,7 +102,7 @@ def build_source(settings: Settings, watched_dids: set[str]):
 
         return FirehoseSource(
             list(settings.relay_endpoints), collections, read_timeout=settings.ingest_read_timeout,
-            backoff=Backoff(), watched_dids=watched_dids,
+            backoff=Backoff(), watched_dids=watched_dids, verifier=verifier,
         )
     return None
 
@@ -119,7 +119,16 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         stack.push_async_callback(_shielded, store.close)
         engine = await stack.enter_async_context(open_engine(settings, label_log))
         watched = await store.known_dids()
-        source = build_source(settings, watched)
+        verifier = None
+        if settings.verify_commits:
+            import httpx
+
+            from firehose_mod.ingest.verify import CommitVerifier
+
+            # Key lookups happen in the read loop: keep them well inside the read deadline.
+            client = await stack.enter_async_context(httpx.AsyncClient(timeout=min(5.0, settings.ingest_read_timeout / 4)))
+            verifier = CommitVerifier(client, settings.plc_url)
+        source = build_source(settings, watched, verifier=verifier)
         workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
                               negate_on_delete=settings.negate_on_delete, engine=engine)
 

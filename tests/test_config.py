@@ -33,6 +33,7 @@ def test_example_config_is_valid_and_environment_wins(tmp_path):
         ("port = 1\n", {}, "unknown top-level setting 'port'"),
         ("[server\n", {}, "not valid TOML"),
         ("", {"FIREHOSE_MOD_DID": "did:example:x"}, "not a did:plc or did:web"),
+        ("[ingest]\nverify_commits = true\n", {}, "Jetstream does not forward commit signatures"),
     ],
 )
 def test_invalid_settings_name_the_setting_and_the_fix(tmp_path, toml, env, message):

@@ -13,7 +13,9 @@ CBOR tag 42 (after libipld has checked the block is strict DAG-CBOR).
 
 `FirehoseSource` moves frames from a list of relay endpoints to a sink, one `Decoded` per
 frame, in order; it reconnects with `Backoff`, fails over to the next endpoint and resumes
-from the last seq handed to the sink.
+from the last seq handed to the sink. With a `CommitVerifier` it also checks the repo
+owner's signature on commits that carry watched ops (see `verify.py`);
+`decode_firehose_frame_with_proof` hands it what it needs, for those frames only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from firehose_mod.ingest.car import dag_cbor_to_json, read_car_blocks
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
 from firehose_mod.ingest.reconnect import Backoff, read_deadline
+from firehose_mod.ingest.resolve import ResolveError
+from firehose_mod.ingest.verify import CommitProof, CommitVerifier
 
 SOURCE = "firehose"
 MAX_FRAME_BYTES = 5 * 1024 * 1024
@@ -72,6 +76,22 @@ def decode_firehose_frame(
 
     An error frame (`op: -1`) yields a dead letter with reason `error_frame` and no cursor.
     """
+    return decode_firehose_frame_with_proof(frame, collections, watched_dids=watched_dids)[0]
+
+
+def decode_firehose_frame_with_proof(
+    frame: bytes, collections: Collections, *, watched_dids: set[str] | frozenset[str] = frozenset(),
+) -> tuple[Decoded, CommitProof | None]:
+    """`decode_firehose_frame`, plus what a `CommitVerifier` needs to check the commit behind
+    the frame's `TrackEvent`s. The proof is None for every frame without track events, so
+    unrelated frames cost nothing more. Pure."""
+    decoded = _decode_frame(frame, collections, watched_dids)
+    if isinstance(decoded, tuple):
+        return decoded
+    return decoded, None
+
+
+def _decode_frame(frame, collections: Collections, watched_dids) -> Decoded | tuple[Decoded, CommitProof | None]:
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         return _dead_frame("malformed_event", f"expected a binary frame, got {type(frame).__name__}",
                            str(frame).encode(errors="replace"))
@@ -102,7 +122,7 @@ def decode_firehose_frame(
     if kind in ("commit", "identity", "account") and seq is None:
         return _dead_frame("malformed_event", f"#{kind} without a positive integer seq: {str(body.get('seq'))[:40]}", frame)
     if kind == "commit":
-        return _decode_commit(body, seq, frame, collections)
+        return _decode_commit(body, seq, frame, collections)  # (Decoded, proof)
     if kind in ("identity", "account"):
         did = body.get("did")
         if not isinstance(did, str) or not _DID_RE.match(did):
@@ -117,12 +137,12 @@ def decode_firehose_frame(
     return Decoded(cursor=seq, skipped=1)
 
 
-def _decode_commit(body: dict, seq: int, frame: bytes, collections: Collections) -> Decoded:
+def _decode_commit(body: dict, seq: int, frame: bytes, collections: Collections) -> tuple[Decoded, CommitProof | None]:
     did, ops = body.get("repo"), body.get("ops")
     if not isinstance(did, str) or not _DID_RE.match(did):
-        return _dead_frame("malformed_event", f"repo missing or invalid: {str(did)[:80]}", frame, seq)
+        return _dead_frame("malformed_event", f"repo missing or invalid: {str(did)[:80]}", frame, seq), None
     if not isinstance(ops, list):
-        return _dead_frame("malformed_event", "commit without an ops list", frame, seq, did=did)
+        return _dead_frame("malformed_event", "commit without an ops list", frame, seq, did=did), None
     out = Decoded(cursor=seq)
     wanted: list[tuple[str, str, str, Any]] = []
     # Cheap filter first: paths only, the CAR is not touched unless an op is ours.
@@ -148,14 +168,16 @@ def _decode_commit(body: dict, seq: int, frame: bytes, collections: Collections)
     if not wanted:
         if not ops:
             out.skipped = 1  # an empty commit: nothing for us
-        return out
+        return out, None
     rev = body.get("rev") if isinstance(body.get("rev"), str) else ""
     blocks: dict[bytes, bytes] | None = None
     car_error: str | None = None
+    proved: list[tuple[str, bytes | None]] = []  # (path, record CID or None) of each event
     for collection, rkey, action, cid in wanted:
         uri = f"at://{did}/{collection}/{rkey}"
         if action == "delete":
             out.events.append(TrackEvent(did, collection, rkey, "delete", None, None, seq, rev, SOURCE))
+            proved.append((f"{collection}/{rkey}", None))
             continue
         try:
             cid_str = libipld.encode_cid(cid) if isinstance(cid, bytes) else None
@@ -199,7 +221,17 @@ def _decode_commit(body: dict, seq: int, frame: bytes, collections: Collections)
             out.dead.append(_dead("lexicon", "; ".join(problems), block, seq, did=did, uri=uri))
             continue
         out.events.append(TrackEvent(did, collection, rkey, action, cid_str, record, seq, rev, SOURCE))
-    return out
+        proved.append((f"{collection}/{rkey}", cid))
+    if not out.events:
+        return out, None
+    if blocks is None:  # deletes only: the CAR was not needed until now
+        try:
+            car = body.get("blocks")
+            blocks = read_car_blocks(car) if isinstance(car, bytes) and car else {}
+        except (ValueError, IndexError, RecursionError):
+            blocks = {}  # the verifier reports the missing commit block
+    commit = body.get("commit")
+    return out, CommitProof(did, commit if isinstance(commit, bytes) else None, blocks, tuple(proved))
 
 
 def _block_matches(cid: bytes, block: bytes) -> bool:
@@ -241,6 +273,14 @@ class FirehoseSource:
     numbering: endpoints in one list must share it (e.g. mirrors of one relay).
     Exceptions raised by the sink propagate; `run` otherwise runs until cancelled.
     `watched_dids` is kept by reference: DIDs the caller adds later are honoured.
+
+    `verifier` (default None: off) checks the commit behind every frame with track events
+    before the sink sees it. A commit that fails (bad signature, DID mismatch, ops not in the
+    signed tree, no usable `#atproto` key) turns those events into `bad_signature` dead letters;
+    the cursor still advances. When the signing key cannot be fetched right now (PLC or did:web
+    host unreachable, 5xx) the events pass through unverified and are counted in
+    `stats["unverified"]`: availability over strictness, as the relay already stands between
+    us and the PDS; an operator who wants strictness can tighten this later.
     """
 
     name = SOURCE
@@ -256,6 +296,7 @@ class FirehoseSource:
         close_timeout: float = 2.0,
         backoff: Backoff | None = None,
         connect: Callable[..., Awaitable[Any]] | None = None,
+        verifier: CommitVerifier | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -269,9 +310,11 @@ class FirehoseSource:
         self.close_timeout = close_timeout
         self.backoff = backoff or Backoff()
         self._connect = connect or ws_connect
+        self.verifier = verifier
         self.cursor: int | None = None
         self.endpoint_index = 0
-        self.stats = {"frames": 0, "bytes": 0, "events": 0, "skipped": 0, "dead": 0, "reconnects": 0}
+        self.stats = {"frames": 0, "bytes": 0, "events": 0, "skipped": 0, "dead": 0, "reconnects": 0,
+                      "verified": 0, "unverified": 0, "bad_signature": 0}
 
     def url(self, endpoint: str, cursor: int | None) -> str:
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
@@ -325,7 +368,13 @@ class FirehoseSource:
             raw = message.encode() if isinstance(message, str) else message
             self.stats["frames"] += 1
             self.stats["bytes"] += len(raw)
-            decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
+            if self.verifier is None:
+                decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
+            else:
+                decoded, proof = decode_firehose_frame_with_proof(raw, self.collections, watched_dids=self.watched_dids)
+                if proof is not None:
+                    await self._verify(decoded, proof, raw, blog)
+                    touch()
             self.stats["events"] += len(decoded.events)
             self.stats["skipped"] += decoded.skipped
             self.stats["dead"] += len(decoded.dead)
@@ -338,3 +387,21 @@ class FirehoseSource:
                     blog.error("firehose.error_frame", detail=d.detail, cursor=self.cursor)
                     return f"error frame: {d.detail}"
                 blog.info("firehose.dead_letter", reason=d.reason, detail=d.detail[:200], cursor=d.cursor, uri=d.uri)
+
+    async def _verify(self, decoded: Decoded, proof: CommitProof, raw: bytes, blog) -> None:
+        """Check the commit behind `decoded`'s track events; invalid ones become dead letters."""
+        try:
+            why = await self.verifier.check(proof)
+        except ResolveError as exc:
+            tracks = sum(isinstance(e, TrackEvent) for e in decoded.events)
+            self.stats["unverified"] += tracks
+            blog.warning("firehose.unverified", did=proof.repo, cursor=decoded.cursor, events=tracks,
+                         detail=str(exc)[:300])
+            return
+        if why is None:
+            self.stats["verified"] += 1
+            return
+        bad = [e for e in decoded.events if isinstance(e, TrackEvent)]
+        decoded.events = [e for e in decoded.events if not isinstance(e, TrackEvent)]
+        decoded.dead.extend(_dead("bad_signature", why, raw, decoded.cursor, did=e.did, uri=e.uri) for e in bad)
+        self.stats["bad_signature"] += len(bad)

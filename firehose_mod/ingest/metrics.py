@@ -20,7 +20,12 @@ class IngestCollector:
             ("skipped", "Events of other collections or repos, skipped."),
             ("dead", "Frames or records rejected into dead letters."),
             ("reconnects", "Reconnections to the source."),
+            ("verified", "Firehose commits whose signature was checked and valid."),
+            ("unverified", "Track events passed through because the signing key could not be fetched."),
+            ("bad_signature", "Track events rejected: the commit signature or its tree did not check out."),
         ):
+            if key not in self.source.stats and key in ("verified", "unverified", "bad_signature"):
+                continue
             c = CounterMetricFamily(f"firehose_mod_ingest_{key}", help_, labels=["source"])
             c.add_metric([name], self.source.stats.get(key, 0))
             yield c

@@ -6,6 +6,9 @@
     relay.publish(frame)           # a live frame for connected subscribers
     await relay.restart()          # stop and start on the same port
 
+`commit_frame(..., signer=SigningKey)` builds a verifiable commit instead: its records in a real
+(one-node) MST, the commit signed as the repository spec says; `tamper=` breaks it after signing.
+
 Cursor handling follows the spec: `?cursor=N` sends the stored frames with seq > N (frames
 without a seq, such as a garbage frame, go with their position in the list), then live
 frames; no cursor sends live frames only; a cursor above the head gets a FutureCursor error.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import libipld
@@ -24,8 +27,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from tests.fakes.car import block, make_car
 
+if TYPE_CHECKING:
+    from firehose_mod.labels.signing import SigningKey
+
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 TIME = "2025-01-01T00:00:00.000Z"
+OTHER_DID = "did:plc:" + "z" * 24
 
 
 # --------------------------------------------------------------------------- frames
@@ -35,26 +42,64 @@ def _frame(t: str, body: dict) -> bytes:
     return libipld.encode_dag_cbor({"op": 1, "t": t}) + libipld.encode_dag_cbor(body)
 
 
+def mst_node(leaves: dict[str, bytes]) -> tuple[bytes, bytes]:
+    """(cid, block) of a one-node MST holding `leaves` (path -> value CID), keys prefix-compressed.
+    (A real repo spreads keys over layers by hash; a lookup walks either shape the same way.)"""
+    entries, prev = [], b""
+    for path in sorted(leaves, key=str.encode):
+        key = path.encode()
+        p = 0
+        while p < min(len(prev), len(key)) and prev[p] == key[p]:
+            p += 1
+        entries.append({"p": p, "k": key[p:], "v": leaves[path], "t": None})
+        prev = key
+    return block({"e": entries, "l": None})
+
+
+def signed_commit(did: str, rev: str, data_cid: bytes, signer: SigningKey, *, version: int = 3) -> dict:
+    """A commit object signed as the repository spec says (DAG-CBOR without `sig`, SHA-256)."""
+    unsigned = {"did": did, "version": version, "data": data_cid, "rev": rev, "prev": None}
+    return {**unsigned, "sig": signer.sign_bytes(libipld.encode_dag_cbor(unsigned))}
+
+
 def commit_frame(
     seq: int, did: str, rev: str, ops: list[tuple[str, str, str, dict | None]], *,
     omit_blocks: frozenset[str] | set[str] = frozenset(), too_big: bool = False, time: str = TIME,
+    signer: SigningKey | None = None, tamper: Literal["record", "commit", "did"] | None = None,
+    leaves: dict[str, bytes] | None = None,
 ) -> bytes:
     """A `#commit` frame. `ops` = [(action, collection, rkey, record or None)]; each record is
     DAG-CBOR encoded into a block of the CAR (except rkeys in `omit_blocks`), with a commit
-    block as the CAR root (no MST: the decoder never walks it)."""
+    block as the CAR root. Without `signer`: an empty MST and a junk sig (the decoder never
+    walks it). With `signer`: the op records (plus `leaves`, other paths -> CIDs in the repo) in
+    a one-node MST, the commit signed by `signer`. `tamper` then breaks it after signing:
+    "record" swaps the first record for another (op CID and block consistent, tree not),
+    "commit" changes the signed commit's rev, "did" signs a commit naming `OTHER_DID`."""
     blocks: list[tuple[bytes, bytes]] = []
     wire_ops = []
+    tree = dict(leaves or {})
     for action, collection, rkey, record in ops:
         cid = None
         if record is not None:
             cid, data = block(record)
+            tree[f"{collection}/{rkey}"] = cid
+            if tamper == "record" and not any(op["cid"] for op in wire_ops):
+                cid, data = block({**record, "title": "swapped by the relay"})
             if rkey not in omit_blocks:
                 blocks.append((cid, data))
+        else:
+            tree.pop(f"{collection}/{rkey}", None)
         wire_ops.append({"action": action, "path": f"{collection}/{rkey}", "cid": cid})
-    data_cid, data_block = block({"e": [], "l": None})  # an empty MST node
-    commit_cid, commit_block = block({
-        "did": did, "version": 3, "data": data_cid, "rev": rev, "prev": None, "sig": bytes(range(64)),
-    })
+    if signer is None:
+        data_cid, data_block = block({"e": [], "l": None})  # an empty MST node
+        commit = {"did": did, "version": 3, "data": data_cid, "rev": rev, "prev": None, "sig": bytes(range(64))}
+    else:
+        data_cid, data_block = mst_node(tree)
+        # "did": a properly signed commit of another repo, replayed under `did`
+        commit = signed_commit(OTHER_DID if tamper == "did" else did, rev, data_cid, signer)
+        if tamper == "commit":
+            commit["rev"] = rev + "x"
+    commit_cid, commit_block = block(commit)
     car = make_car(commit_cid, [(commit_cid, commit_block), (data_cid, data_block), *blocks])
     return _frame("#commit", {
         "seq": seq, "rebase": False, "tooBig": too_big, "repo": did, "commit": commit_cid, "rev": rev,
