@@ -16,7 +16,9 @@ import json
 import threading
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.fakes.http import LocalHTTPServer
 
 SONG = {
     "artist": "Imagine Dragons", "title": "Warriors", "album": "Warriors", "release_date": "2014-09-18",
@@ -37,7 +39,7 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes | str]:
     return fields
 
 
-class FakeAudd:
+class FakeAudd(LocalHTTPServer):
     def __init__(self, *, mode: str = "match", match_chunks: tuple[str, ...] = ("00:00", "00:24", "00:48"),
                  song: dict | None = None, fail_times: int = 0, error_code: int = 901,
                  error_message: str = "Recognition failed: authorization failed: no api_token passed "
@@ -50,12 +52,10 @@ class FakeAudd:
         self.error_message = error_message
         self.requests: list[dict[str, bytes | str]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start FakeAudd first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        return f"http://127.0.0.1:{self.port}/"
 
     def response(self) -> tuple[int, dict]:
         with self._lock:
@@ -72,38 +72,15 @@ class FakeAudd:
                   for offset in self.match_chunks]
         return 200, {"status": "success", "result": chunks}
 
-    def start(self) -> FakeAudd:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (stdlib name)
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                fields = parse_multipart(self.headers.get("content-type", ""), body)
-                with fake._lock:
-                    fake.requests.append(fields)
-                status, answer = fake.response()
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeAudd:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        body = h.rfile.read(int(h.headers.get("content-length", 0)))
+        fields = parse_multipart(h.headers.get("content-type", ""), body)
+        with self._lock:
+            self.requests.append(fields)
+        status, answer = self.response()
+        data = json.dumps(answer).encode()
+        h.send_response(status)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)

@@ -19,8 +19,10 @@ import base64
 import hashlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.http import LocalHTTPServer
 
 GET_BLOB = "/xrpc/com.atproto.sync.getBlob"
 SONG = b"ID3" + bytes(range(256)) * 40  # ~10 KiB that only needs to be bytes
@@ -33,7 +35,7 @@ def raw_cid(data: bytes) -> str:
     return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
 
 
-class MediaServer:
+class MediaServer(LocalHTTPServer):
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str]] = {
             "/song.mp3": (SONG, "audio/mpeg"),
@@ -48,12 +50,10 @@ class MediaServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.hosts: list[str] = []  # Host headers, to see which name a pinned connection carried
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def base(self) -> str:
-        assert self._server is not None, "start the MediaServer first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def add_blob(self, did: str, data: bytes) -> str:
         cid = raw_cid(data)
@@ -64,39 +64,13 @@ class MediaServer:
         with self._lock:
             return sum(1 for p, _ in self.requests if p == path)
 
-    def start(self) -> MediaServer:
-        srv = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-                url = urlsplit(self.path)
-                query = dict(parse_qsl(url.query))
-                with srv._lock:
-                    srv.requests.append((url.path, query))
-                    srv.hosts.append(self.headers.get("host", ""))
-                try:
-                    srv._route(self, url.path, query)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (size or time limit): expected
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> MediaServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        query = dict(parse_qsl(url.query))
+        with self._lock:
+            self.requests.append((url.path, query))
+            self.hosts.append(h.headers.get("host", ""))
+        self._route(h, url.path, query)
 
     # -- routes ----------------------------------------------------------------------------
     def _route(self, h: BaseHTTPRequestHandler, path: str, query: dict[str, str]) -> None:

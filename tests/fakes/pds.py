@@ -26,9 +26,10 @@ import socket
 import string
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fakes.http import LocalHTTPServer
 from tests.fakes.jetstream import tid, track_record
 
 LIST_RECORDS = "com.atproto.repo.listRecords"
@@ -72,7 +73,7 @@ class _Account:
     pds: str | None  # FakePds name; None = a document without an #atproto_pds service
 
 
-class FakeNetwork:
+class FakeNetwork(LocalHTTPServer):
     """PLC directory, did:web hosts, relay and PDSes on one real HTTP server."""
 
     def __init__(self, *, page_size: int = 100, relay_page_size: int = 1000):
@@ -84,7 +85,6 @@ class FakeNetwork:
         self.relay_fail_times = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._down_port = closed_port()
-        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -103,8 +103,7 @@ class FakeNetwork:
     # -- addresses -------------------------------------------------------------------------
     @property
     def base(self) -> str:
-        assert self._server is not None, "start the FakeNetwork first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def plc_url(self) -> str:
@@ -144,44 +143,18 @@ class FakeNetwork:
                        if path_part in path and all(q.get(k) == v for k, v in query.items()))
 
     # -- serving ---------------------------------------------------------------------------
-    def start(self) -> FakeNetwork:
-        net = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-                url = urlsplit(self.path)
-                query = dict(parse_qsl(url.query))
-                with net._lock:
-                    net.requests.append((url.path, query))
-                status, body = net._route(unquote(url.path), query)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeNetwork:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        query = dict(parse_qsl(url.query))
+        with self._lock:
+            self.requests.append((url.path, query))
+        status, body = self._route(unquote(url.path), query)
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def _route(self, path: str, query: dict[str, str]) -> tuple[int, dict]:
         parts = path.strip("/").split("/")
