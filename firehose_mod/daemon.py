@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import resource
 import signal
-from contextlib import AsyncExitStack, asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import structlog
@@ -21,6 +21,7 @@ from firehose_mod.server.app import LabelServer
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
+from firehose_mod.store.db import close_shielded
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +44,7 @@ async def open_label_log(settings: Settings) -> AsyncIterator[LabelLog]:
     try:
         yield label_log
     finally:
-        with anyio.CancelScope(shield=True):  # also on cancellation: an open connection keeps its thread alive
-            await label_log.close()
+        await close_shielded(label_log)
 
 
 async def run_server(
@@ -116,7 +116,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     async with AsyncExitStack() as stack:
         label_log = await stack.enter_async_context(open_label_log(settings))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        stack.push_async_callback(_shielded, store.close)
+        stack.push_async_callback(close_shielded, store)
         engine = await stack.enter_async_context(open_engine(settings, label_log))
         watched = await store.known_dids()
         verifier = None
@@ -159,11 +159,6 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             task_status.started(parts)
 
 
-async def _shielded(close) -> None:
-    with anyio.CancelScope(shield=True):
-        await close()
-
-
 @asynccontextmanager
 async def open_engine(settings: Settings, label_log: LabelLog) -> AsyncIterator:
     """The scan engine: the configured scanners, the policy, the decision store, media and CPU pool."""
@@ -175,7 +170,7 @@ async def open_engine(settings: Settings, label_log: LabelLog) -> AsyncIterator:
     policy = load_policy(settings.policy_file)
     async with AsyncExitStack() as stack:
         decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        stack.push_async_callback(_shielded, decisions.close)
+        stack.push_async_callback(close_shielded, decisions)
         ctx = await stack.enter_async_context(scan_context(settings))
         catalogue = await stack.enter_async_context(open_catalogue(settings)) if "copyright" in settings.scanners else None
         scanners = build_scanners(settings, catalogue=catalogue)

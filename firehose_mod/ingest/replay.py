@@ -18,6 +18,7 @@ import structlog
 from firehose_mod.config import Settings
 from firehose_mod.ingest.events import Decoded
 from firehose_mod.ingest.pipeline import IngestPipeline
+from firehose_mod.store.db import close_shielded
 from firehose_mod.store.ingest import IngestStore
 
 log = structlog.get_logger(__name__)
@@ -67,5 +68,4 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
         return ReplayReport(source.name, from_cursor, target, pipeline.stats["frames"],
                             pipeline.stats["enqueued"], pipeline.stats["dead_letters"])
     finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+        await close_shielded(store)

@@ -45,19 +45,21 @@ def _https_base(host: str) -> str:
     return f"https://{host}"
 
 
-def pds_from_document(did: str, doc: object) -> str:
-    """The `#atproto_pds` service endpoint of a DID document (pure; raises ResolveError)."""
+def document_entries(did: str, doc: object, field: str, fragment: str) -> list[dict]:
+    """The entries of `doc[field]` whose id is `fragment` (or ends with it), after checking the
+    document is an object about `did` (pure; raises ResolveError)."""
     if not isinstance(doc, dict):
         raise ResolveError(f"{did}: DID document is not a JSON object")
     if doc.get("id") not in (None, did):
         raise ResolveError(f"{did}: DID document is for {str(doc.get('id'))[:100]!r}, not this DID")
-    services = doc.get("service")
-    for service in services if isinstance(services, list) else []:
-        if not isinstance(service, dict):
-            continue
-        sid = service.get("id")
-        if not isinstance(sid, str) or not (sid == "#atproto_pds" or sid.endswith("#atproto_pds")):
-            continue
+    entries = doc.get(field)
+    return [e for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"].endswith(fragment)]
+
+
+def pds_from_document(did: str, doc: object) -> str:
+    """The `#atproto_pds` service endpoint of a DID document (pure; raises ResolveError)."""
+    for service in document_entries(did, doc, "service", "#atproto_pds"):
         if service.get("type") != "AtprotoPersonalDataServer":
             continue
         endpoint = service.get("serviceEndpoint")

@@ -29,7 +29,7 @@ import libipld
 import structlog
 
 from firehose_mod.ingest.car import _cbor_arg, _cbor_item
-from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did
+from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did, document_entries
 from firehose_mod.labels.signing import CURVES, KeyError_, parse_did_key, verify_bytes
 
 log = structlog.get_logger(__name__)
@@ -210,17 +210,7 @@ def _check_sig(did_key: str, signed: bytes, sig: bytes) -> str | None:
 
 def signing_key_from_document(did: str, doc: object) -> str:
     """The `#atproto` verification method of a DID document as a did:key (pure; ResolveError)."""
-    if not isinstance(doc, dict):
-        raise ResolveError(f"{did}: DID document is not a JSON object")
-    if doc.get("id") not in (None, did):
-        raise ResolveError(f"{did}: DID document is for {str(doc.get('id'))[:100]!r}, not this DID")
-    methods = doc.get("verificationMethod")
-    for method in methods if isinstance(methods, list) else []:
-        if not isinstance(method, dict):
-            continue
-        mid = method.get("id")
-        if not isinstance(mid, str) or not (mid == "#atproto" or mid.endswith("#atproto")):
-            continue
+    for method in document_entries(did, doc, "verificationMethod", "#atproto"):
         mb = method.get("publicKeyMultibase")
         if not isinstance(mb, str) or not mb.startswith("z"):
             raise ResolveError(f"{did}: #atproto verification method has no base58 publicKeyMultibase")

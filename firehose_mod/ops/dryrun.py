@@ -148,7 +148,7 @@ async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncItera
     from firehose_mod.scan.policy import load_policy
     from firehose_mod.scan.registry import Catalogue, build_scanners, run_cpu
     from firehose_mod.store.catalogue import CatalogueStore
-    from firehose_mod.store.db import open_db
+    from firehose_mod.store.db import close_shielded, open_db
     from firehose_mod.store.decisions import DecisionStore
     from firehose_mod.store.label_log import LabelLog
 
@@ -162,7 +162,7 @@ async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncItera
 
         async def read_only():
             conn = await open_db(db_path, readonly=True)
-            stack.push_async_callback(_shielded_close, conn)
+            stack.push_async_callback(close_shielded, conn)
             return conn
 
         labels_db = await read_only()
@@ -193,11 +193,6 @@ async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncItera
                             ScanContext(media=media, run_cpu=run_cpu), timeout=settings.scan_timeout)
         engine.catalogue = catalogue
         yield engine, media, client
-
-
-async def _shielded_close(conn) -> None:
-    with anyio.CancelScope(shield=True):
-        await conn.close()
 
 
 # -- one target ----------------------------------------------------------------------------------

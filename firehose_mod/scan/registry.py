@@ -13,6 +13,7 @@ import structlog
 
 from firehose_mod.config import Settings
 from firehose_mod.scan.base import ScanContext, Scanner
+from firehose_mod.store.db import close_shielded
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +101,7 @@ async def open_catalogue(settings: Settings) -> AsyncIterator[Catalogue]:
         log.info("catalogue.loaded", **loaded)
         yield Catalogue(store, index)
     finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+        await close_shielded(store)
 
 
 async def run_cpu(fn, *args):

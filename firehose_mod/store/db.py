@@ -219,6 +219,13 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Conne
         await db.execute("COMMIT")
 
 
+async def close_shielded(closeable) -> None:
+    """`await closeable.close()` even inside a cancelled scope: an aiosqlite connection left
+    open keeps its thread alive and the process from exiting."""
+    with anyio.CancelScope(shield=True):
+        await closeable.close()
+
+
 class Store:
     """One aiosqlite connection shared by many tasks; subclasses hold the SQL of one concern.
 
