@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import signal
+from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -22,6 +23,7 @@ from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
+from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
 
@@ -37,10 +39,15 @@ def load_key(settings: Settings) -> SigningKey:
 
 
 @asynccontextmanager
-async def open_label_log(settings: Settings) -> AsyncIterator[LabelLog]:
-    """The label log of `settings`, signing with its key (generated on first use)."""
+async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIterator[LabelLog]:
+    """The label log of `settings`, signing with its key (generated on first use).
+
+    The daemon waits out another process's write lock for as long as it takes; an operator
+    command gives up after `db_busy_wait` seconds and names the process that holds it.
+    """
     key = load_key(settings)
-    label_log = await LabelLog.open(settings.db_path, key, settings.did, synchronous=settings.db_synchronous)
+    label_log = await LabelLog.open(settings.db_path, key, settings.did, synchronous=settings.db_synchronous,
+                                    busy_wait=None if daemon else settings.db_busy_wait)
     try:
         yield label_log
     finally:
@@ -79,7 +86,7 @@ def raise_open_file_limit() -> None:
 async def serve_forever(settings: Settings) -> None:
     """`firehose-mod serve`: the label server until SIGTERM or SIGINT."""
     raise_open_file_limit()
-    async with open_label_log(settings) as label_log, anyio.create_task_group() as tg:
+    async with open_label_log(settings, daemon=True) as label_log, anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
         await tg.start(run_server, settings, label_log)
 
@@ -114,19 +121,17 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     from firehose_mod.store.ingest import IngestStore
 
     async with AsyncExitStack() as stack:
-        label_log = await stack.enter_async_context(open_label_log(settings))
+        label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         stack.push_async_callback(close_shielded, store)
         engine = await stack.enter_async_context(open_engine(settings, label_log))
         watched = await store.known_dids()
         verifier = None
         if settings.verify_commits:
-            import httpx
-
             from firehose_mod.ingest.verify import CommitVerifier
 
             # Key lookups happen in the read loop: keep them well inside the read deadline.
-            client = await stack.enter_async_context(httpx.AsyncClient(timeout=min(5.0, settings.ingest_read_timeout / 4)))
+            client = await stack.enter_async_context(CommitVerifier.http_client(settings))
             verifier = CommitVerifier(client, settings.plc_url)
         source = build_source(settings, watched, verifier=verifier)
         workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
@@ -140,9 +145,9 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             from firehose_mod.ingest.metrics import ScanCollector
 
             server.metrics.registry.register(ScanCollector(engine))
-            tg.start_soon(workers.run)
+            tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
-                tg.start_soon(engine.catalogue.follow_imports)
+                tg.start_soon(supervised, "catalogue_watch", engine.catalogue.follow_imports)
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine}
             server.status_providers.append(lambda: _ingest_status(store, source, workers))
             if source is not None:
@@ -150,11 +155,11 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
 
                 pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
                 server.metrics.registry.register(IngestCollector(source, pipeline, workers))
-                start = await store.cursor(source.name)
-                log.info("ingest.starting", source=source.name, cursor=start,
+                log.info("ingest.starting", source=source.name, cursor=await store.cursor(source.name),
                          collections=list(settings.collections))
-                tg.start_soon(pipeline.run_flusher)
-                tg.start_soon(source.run, _tracking_sink(pipeline, watched), start)
+                tg.start_soon(supervised, "ingest_flusher", pipeline.run_flusher)
+                run_ingest, before_restart = _ingest_task(store, source, pipeline, watched)
+                tg.start_soon(partial(supervised, "ingest", run_ingest, before_restart=before_restart))
                 parts["pipeline"] = pipeline
             task_status.started(parts)
 
@@ -193,6 +198,21 @@ async def _ingest_status(store, source, workers) -> dict:
         "queue": await store.counts(),
         "workers": dict(workers.stats),
     }
+
+
+def _ingest_task(store, source, pipeline, watched: set[str]):
+    """The source's run and what a restart after a failure does first.
+
+    Each run starts from the cursor committed on disk, never from what a failed run held in
+    memory: a batch whose commit failed is read again, and the next commit cannot carry a
+    cursor past events it does not hold.
+    """
+    sink = _tracking_sink(pipeline, watched)
+
+    async def run() -> None:
+        await source.run(sink, await store.cursor(source.name))
+
+    return run, pipeline.reset
 
 
 def _tracking_sink(pipeline, watched: set[str]):

@@ -33,7 +33,7 @@ import structlog
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
+from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent, undecodable
 from firehose_mod.ingest.car import dag_cbor_to_json, read_car_blocks
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
@@ -368,13 +368,18 @@ class FirehoseSource:
             raw = message.encode() if isinstance(message, str) else message
             self.stats["frames"] += 1
             self.stats["bytes"] += len(raw)
-            if self.verifier is None:
-                decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
-            else:
-                decoded, proof = decode_firehose_frame_with_proof(raw, self.collections, watched_dids=self.watched_dids)
-                if proof is not None:
-                    await self._verify(decoded, proof, raw, blog)
-                    touch()
+            proof = None
+            try:
+                if self.verifier is None:
+                    decoded = decode_firehose_frame(raw, self.collections, watched_dids=self.watched_dids)
+                else:
+                    decoded, proof = decode_firehose_frame_with_proof(raw, self.collections,
+                                                                      watched_dids=self.watched_dids)
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is the frame's, not ours
+                decoded = undecodable(exc, raw, SOURCE)
+            if proof is not None:
+                await self._verify(decoded, proof, raw, blog)
+                touch()
             self.stats["events"] += len(decoded.events)
             self.stats["skipped"] += decoded.skipped
             self.stats["dead"] += len(decoded.dead)

@@ -21,7 +21,7 @@ import zstandard
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
+from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent, undecodable
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
 from firehose_mod.ingest.reconnect import Backoff, read_deadline
@@ -42,13 +42,31 @@ def zstd_dictionary() -> zstandard.ZstdCompressionDict:
 
 
 class Decompressor:
-    """Decompresses `compress=true` frames (one zstd frame per message, Jetstream's dictionary)."""
+    """Decompresses `compress=true` frames (one zstd frame per message, Jetstream's dictionary).
 
-    def __init__(self) -> None:
+    The output is bounded by our own limit, whatever the frame's header declares: a frame
+    declaring 4 GiB must not make us allocate 4 GiB. Frames that declare a size within the
+    limit take the fast one-shot path (zstd then refuses to write past the declared size);
+    frames that declare nothing are streamed and cut at the limit. Over the limit, the
+    result is longer than `MAX_FRAME_BYTES`, which the decoder turns into a dead letter.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
         self._d = zstandard.ZstdDecompressor(dict_data=zstd_dictionary())
+        self.limit = limit
 
     def __call__(self, data: bytes) -> bytes:
-        return self._d.decompress(data, max_output_size=MAX_FRAME_BYTES + 1)
+        declared = zstandard.frame_content_size(data)  # -1: not declared
+        if declared > self.limit:
+            raise Oversized(f"the zstd frame declares {declared} bytes > {self.limit}")
+        if declared >= 0:
+            return self._d.decompress(data)
+        with self._d.stream_reader(data) as reader:
+            return reader.read(self.limit + 1)
+
+
+class Oversized(ValueError):
+    """A compressed frame that would decompress past our limit."""
 
 
 def _dead(reason: str, detail: str, raw: bytes | str, cursor: int | None = None, **kw) -> Decoded:
@@ -64,6 +82,8 @@ def decode_jetstream(
     if isinstance(frame, bytes) and decompress is not None:
         try:
             raw = decompress(frame)
+        except Oversized as exc:
+            return _dead("oversized", str(exc), frame)
         except zstandard.ZstdError as exc:
             return _dead("bad_compression", f"zstd: {exc}", frame)
     else:
@@ -228,7 +248,11 @@ class JetstreamSource:
             touch()
             self.stats["frames"] += 1
             self.stats["bytes"] += len(frame)
-            decoded = decode_jetstream(frame, self.collections, decompress=decompress, watched_dids=self.watched_dids)
+            try:
+                decoded = decode_jetstream(frame, self.collections, decompress=decompress,
+                                           watched_dids=self.watched_dids)
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is the frame's, not ours
+                decoded = undecodable(exc, frame, SOURCE)
             self.stats["events"] += len(decoded.events)
             self.stats["dead"] += len(decoded.dead)
             self.stats["skipped"] += decoded.skipped

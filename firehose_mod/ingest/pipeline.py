@@ -58,12 +58,17 @@ class IngestPipeline:
         async with self._lock:
             if self._first_at is None:
                 return
-            events, dead, cursor = self._events, self._dead, self._cursor
+            events, dead, cursor, first_at = self._events, self._dead, self._cursor, self._first_at
             self._events, self._dead, self._first_at = [], [], None
             # Shielded: the batch has left the source, so a cancellation (a read timeout, a stop)
             # must not roll it back while the source's cursor has already moved past it.
             with anyio.CancelScope(shield=True):
-                result = await self.store.commit(self.source, cursor, events, dead, rescan=self.rescan)
+                try:
+                    result = await self.store.commit(self.source, cursor, events, dead, rescan=self.rescan)
+                except Exception:
+                    # Nothing was committed: keep the batch for the next try (or a `reset`).
+                    self._events, self._dead, self._first_at = events + self._events, dead + self._dead, first_at
+                    raise
             self.committed_cursor = cursor
             self.stats["commits"] += 1
             self.stats["enqueued"] += result.enqueued
@@ -74,6 +79,15 @@ class IngestPipeline:
                          duplicates=result.duplicates)
                 if self.on_commit:
                     self.on_commit(result.enqueued)
+
+    async def reset(self) -> None:
+        """Drop what is buffered and not committed: the source is about to re-read from the
+        committed cursor (after a failure), so the next commit must not carry a later one."""
+        async with self._lock:
+            dropped = len(self._events) + len(self._dead)
+            self._events, self._dead, self._first_at, self._cursor = [], [], None, self.committed_cursor
+        if dropped:
+            log.info("ingest.batch_dropped", source=self.source, events=dropped, why="re-read from the committed cursor")
 
     async def run_flusher(self) -> None:
         """Commit a partial batch `max_delay` after its first item (runs until cancelled)."""
