@@ -65,7 +65,7 @@ class ScanWorkers:
             delay = min(3600.0, 2.0 ** job.attempts)
             await self.store.retry_later(job.id, f"{type(exc).__name__}: {exc}", delay, give_up=give_up)
             self.stats["failed" if give_up else "retried"] += 1
-            bound.warning("scan.job_failed", error=str(exc)[:300], attempts=job.attempts, give_up=give_up,
+            bound.warning("scan.job_failed", error=str(exc)[:300], attempts=job.attempts, give_up=give_up, exc_info=exc,
                           retry_in=None if give_up else delay)
             return
         await self.store.finish(job.id)

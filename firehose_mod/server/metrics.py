@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from firehose_mod.server.feed import LabelFeed
+from firehose_mod.store.db import BUSY_STATS
+from firehose_mod.supervise import TASK_STATS
 
 
 class FeedCollector:
@@ -42,10 +44,32 @@ class FeedCollector:
         yield cursor
 
 
+class HealthCollector:
+    """Waits for another process's database lock, and background tasks that failed and restarted."""
+
+    def collect(self):
+        yield CounterMetricFamily("firehose_mod_db_busy_retries", "Writes retried because another connection held the"
+                                  " database's write lock.", value=BUSY_STATS["retries"])
+        yield CounterMetricFamily("firehose_mod_db_busy_seconds", "Seconds spent waiting for the write lock beyond"
+                                  " SQLite's own busy timeout.", value=BUSY_STATS["seconds"])
+        yield CounterMetricFamily("firehose_mod_db_busy_gave_up", "Operator writes that gave up waiting for the lock.",
+                                  value=BUSY_STATS["gave_up"])
+        failures = CounterMetricFamily("firehose_mod_task_failures", "Unexpected failures of a background task.",
+                                       labels=["task"])
+        restarts = CounterMetricFamily("firehose_mod_task_restarts", "Restarts of a background task after a failure.",
+                                       labels=["task"])
+        for name, stats in sorted(TASK_STATS.items()):
+            failures.add_metric([name], stats.failures)
+            restarts.add_metric([name], stats.restarts)
+        yield failures
+        yield restarts
+
+
 class ServerMetrics:
     def __init__(self, feed: LabelFeed):
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(FeedCollector(feed))
+        self.registry.register(HealthCollector())
         self.disconnects = Counter(
             "firehose_mod_disconnects", "subscribeLabels disconnections by reason.", ["reason"],
             registry=self.registry,

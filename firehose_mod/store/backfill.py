@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import Store, transaction
+from firehose_mod.store.db import Store
 
 _COLUMNS = "did, pds, state, cursor, records, error, attempts, updated"
 
@@ -44,21 +44,20 @@ class BackfillStore(Store):
 
     async def add_failed(self, did: str, error: str) -> None:
         """Record a repo that cannot be read at all (e.g. an invalid DID from a relay)."""
-        async with self._lock:
-            await self._db.execute(
-                "INSERT INTO backfill_repos (did, state, error, updated) VALUES (?, 'failed', ?, ?)"
-                " ON CONFLICT (did) DO NOTHING",
-                (did[:2048], error[:2000], now_iso()),
-            )
+        await self._write(
+            "INSERT INTO backfill_repos (did, state, error, updated) VALUES (?, 'failed', ?, ?)"
+            " ON CONFLICT (did) DO NOTHING",
+            (did[:2048], error[:2000], now_iso()),
+        )
 
     async def get(self, did: str) -> BackfillRepo | None:
-        async with self._db.execute(f"SELECT {_COLUMNS} FROM backfill_repos WHERE did = ?", (did,)) as cur:
+        async with self._reading(f"SELECT {_COLUMNS} FROM backfill_repos WHERE did = ?", (did,)) as cur:
             row = await cur.fetchone()
         return BackfillRepo(*row) if row else None
 
     async def next_pending(self, after: str | None = None, limit: int = 100) -> list[BackfillRepo]:
         """Pending repos with a DID greater than `after`, in DID order (keyset paging)."""
-        async with self._db.execute(
+        async with self._reading(
             f"SELECT {_COLUMNS} FROM backfill_repos WHERE state = 'pending' AND did > ? ORDER BY did LIMIT ?",
             (after or "", limit),
         ) as cur:
@@ -74,11 +73,9 @@ class BackfillStore(Store):
 
     async def _set_pending(self, assignments: str, where: str, dids: Iterable[str] | None) -> int:
         now = now_iso()
+        if dids is None:
+            return await self._write(f"UPDATE backfill_repos SET {assignments}, updated = ? WHERE {where}", (now,))
         async with self._lock:
-            if dids is None:
-                cur = await self._db.execute(f"UPDATE backfill_repos SET {assignments}, updated = ? WHERE {where}",
-                                             (now,))
-                return cur.rowcount
             return await self._write_many(
                 f"UPDATE backfill_repos SET {assignments}, updated = ? WHERE did = ? AND {where}",
                 [(now, did) for did in dict.fromkeys(dids)],
@@ -86,42 +83,38 @@ class BackfillStore(Store):
 
     async def start(self, did: str, pds: str) -> None:
         """A run begins reading `did` from `pds`."""
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE backfill_repos SET pds = ?, attempts = attempts + 1, updated = ? WHERE did = ?",
-                (pds, now_iso(), did),
-            )
+        await self._write(
+            "UPDATE backfill_repos SET pds = ?, attempts = attempts + 1, updated = ? WHERE did = ?",
+            (pds, now_iso(), did),
+        )
 
     async def progress(self, did: str, cursor: str, records: int) -> None:
         """A page of `records` is committed; the next page starts at `cursor`."""
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE backfill_repos SET cursor = ?, records = records + ?, updated = ? WHERE did = ?",
-                (cursor, records, now_iso(), did),
-            )
+        await self._write(
+            "UPDATE backfill_repos SET cursor = ?, records = records + ?, updated = ? WHERE did = ?",
+            (cursor, records, now_iso(), did),
+        )
 
     async def done(self, did: str, records: int = 0) -> None:
         """The last page (of `records`) is committed: the repo is read."""
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE backfill_repos SET state = 'done', cursor = NULL, records = records + ?, error = NULL,"
-                " updated = ? WHERE did = ?",
-                (records, now_iso(), did),
-            )
+        await self._write(
+            "UPDATE backfill_repos SET state = 'done', cursor = NULL, records = records + ?, error = NULL,"
+            " updated = ? WHERE did = ?",
+            (records, now_iso(), did),
+        )
 
     async def failed(self, did: str, error: str) -> None:
         """Reading `did` failed; its saved cursor is kept so a retry resumes there."""
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE backfill_repos SET state = 'failed', error = ?, updated = ? WHERE did = ?",
-                (error[:2000], now_iso(), did),
-            )
+        await self._write(
+            "UPDATE backfill_repos SET state = 'failed', error = ?, updated = ? WHERE did = ?",
+            (error[:2000], now_iso(), did),
+        )
 
     async def counts(self, dids: Iterable[str] | None = None) -> dict[str, int]:
         """Repos by state (all, or those in `dids`), plus `total`."""
         out = {"pending": 0, "done": 0, "failed": 0}
         if dids is None:
-            async with self._db.execute("SELECT state, count(*) FROM backfill_repos GROUP BY state") as cur:
+            async with self._reading("SELECT state, count(*) FROM backfill_repos GROUP BY state") as cur:
                 out.update({state: n for state, n in await cur.fetchall()})
         else:
             for did in dict.fromkeys(dids):
@@ -133,7 +126,7 @@ class BackfillStore(Store):
 
     async def failures(self, limit: int = 100) -> list[BackfillRepo]:
         """Failed repos with their errors, most recent first: for the operator."""
-        async with self._db.execute(
+        async with self._reading(
             f"SELECT {_COLUMNS} FROM backfill_repos WHERE state = 'failed' ORDER BY updated DESC LIMIT ?", (limit,)
         ) as cur:
             return [BackfillRepo(*r) for r in await cur.fetchall()]
@@ -149,7 +142,7 @@ class BackfillStore(Store):
         for i in range(0, len(uris), 500):
             chunk = uris[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
+            async with self._reading(
                 f"SELECT uri, reason, detail FROM dead_letters WHERE source = ? AND uri IN ({marks})",
                 (source, *chunk),
             ) as cur:
@@ -159,7 +152,7 @@ class BackfillStore(Store):
     async def _write_many(self, sql: str, rows: list[tuple]) -> int:
         """Run `sql` for every row in one transaction (callers hold the lock)."""
         changed = 0
-        async with transaction(self._db):
+        async with self._transaction():
             for row in rows:
                 cur = await self._db.execute(sql, row)
                 changed += cur.rowcount

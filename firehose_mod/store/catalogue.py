@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import Store, transaction
+from firehose_mod.store.db import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class CatalogueStore(Store):
     async def _put(self, kind, ref, entries, fp_version, entry_count, title, artist, source, duration, sha256,
                    chromaprint) -> int:
         chroma = None if chromaprint is None else np.asarray(chromaprint, "<u4").tobytes()
-        async with self._lock, transaction(self._db) as db:
+        async with self._lock, self._transaction() as db:
             async with db.execute(
                 "INSERT INTO catalogue_refs (ref, kind, title, artist, source, duration, sha256, chromaprint,"
                 " fp_version, entries, added, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
@@ -82,7 +82,7 @@ class CatalogueStore(Store):
 
     async def remove(self, ref: str) -> bool:
         """Mark `ref` removed and drop its hashes; False if it is unknown or already removed."""
-        async with self._lock, transaction(self._db) as db:
+        async with self._lock, self._transaction() as db:
             async with db.execute("SELECT id FROM catalogue_refs WHERE ref = ? AND removed = 0", (ref,)) as cur:
                 row = await cur.fetchone()
             if row is None:
@@ -92,13 +92,13 @@ class CatalogueStore(Store):
         return True
 
     async def get(self, ref: str) -> CatalogueRef | None:
-        async with self._db.execute(f"SELECT {_COLUMNS} FROM catalogue_refs WHERE ref = ?", (ref,)) as cur:
+        async with self._reading(f"SELECT {_COLUMNS} FROM catalogue_refs WHERE ref = ?", (ref,)) as cur:
             row = await cur.fetchone()
         return _row(row) if row else None
 
     async def find_sha256(self, sha256: str) -> CatalogueRef | None:
         """A live ref with exactly these file bytes (an import already done, a byte-identical upload)."""
-        async with self._db.execute(
+        async with self._reading(
             f"SELECT {_COLUMNS} FROM catalogue_refs WHERE sha256 = ? AND removed = 0 ORDER BY id LIMIT 1", (sha256,)
         ) as cur:
             row = await cur.fetchone()
@@ -108,12 +108,12 @@ class CatalogueStore(Store):
         sql = f"SELECT {_COLUMNS} FROM catalogue_refs WHERE (? IS NULL OR kind = ?)"
         if not include_removed:
             sql += " AND removed = 0"
-        async with self._db.execute(sql + " ORDER BY id", (kind, kind)) as cur:
+        async with self._reading(sql + " ORDER BY id", (kind, kind)) as cur:
             return [_row(r) for r in await cur.fetchall()]
 
     async def reference_signature(self) -> tuple[int, int, int]:
         """(count, highest id, removed) of reference refs: changes when an operator imports or removes."""
-        async with self._db.execute(
+        async with self._reading(
             "SELECT count(*), coalesce(max(id), 0), coalesce(sum(removed), 0) FROM catalogue_refs"
             " WHERE kind = 'reference'"
         ) as cur:
@@ -122,7 +122,7 @@ class CatalogueStore(Store):
     async def stats(self) -> dict[str, int]:
         """Refs by kind (live), removed refs, index entries and stored bytes: for status and metrics."""
         out = {"reference": 0, "upload": 0, "removed": 0, "entries": 0, "bytes": 0}
-        async with self._db.execute(
+        async with self._reading(
             "SELECT kind, removed, count(*), coalesce(sum(entries), 0) FROM catalogue_refs GROUP BY kind, removed"
         ) as cur:
             for kind, removed, n, entries in await cur.fetchall():
@@ -131,7 +131,7 @@ class CatalogueStore(Store):
                 else:
                     out[kind] += n
                     out["entries"] += entries
-        async with self._db.execute("SELECT coalesce(sum(length(data)), 0) FROM catalogue_hashes") as cur:
+        async with self._reading("SELECT coalesce(sum(length(data)), 0) FROM catalogue_hashes") as cur:
             out["bytes"] = (await cur.fetchone())[0]
         return out
 
@@ -141,7 +141,7 @@ class CatalogueStore(Store):
         Refs of another fingerprint version cannot be matched by this code: re-import them.
         """
         loaded, stale = [], []
-        async with self._db.execute(
+        async with self._reading(
             "SELECT r.ref, r.fp_version, h.data FROM catalogue_refs r JOIN catalogue_hashes h ON h.ref_id = r.id"
             " WHERE r.removed = 0 ORDER BY r.id"
         ) as cur:

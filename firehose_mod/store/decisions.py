@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import aiosqlite
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import Store, transaction
+from firehose_mod.store.db import Store
 from firehose_mod.store.query import prefix_upper_bound
 
 
@@ -64,12 +64,12 @@ class DecisionStore(Store):
 
         A review item already open for (uri, value) is not opened twice; returns how many opened.
         """
-        async with self._lock, transaction(self._db) as db:
+        async with self._lock, self._transaction() as db:
             return await write_decisions(db, rows, reviews)
 
     async def automatic_values(self, uri: str) -> dict[str, str]:
         """For each value on `uri`, the origin of its latest label/negate decision (policy or human)."""
-        async with self._db.execute(
+        async with self._reading(
             "SELECT value, origin, action FROM decisions WHERE uri = ? AND action IN ('label', 'negate')"
             " ORDER BY id", (uri,)
         ) as cur:
@@ -79,7 +79,7 @@ class DecisionStore(Store):
         return latest
 
     async def history(self, uri: str) -> list[dict]:
-        async with self._db.execute("SELECT * FROM decisions WHERE uri = ? ORDER BY id", (uri,)) as cur:
+        async with self._reading("SELECT * FROM decisions WHERE uri = ? ORDER BY id", (uri,)) as cur:
             cols = [c[0] for c in cur.description]
             rows = [dict(zip(cols, r)) for r in await cur.fetchall()]
         for r in rows:
@@ -90,16 +90,16 @@ class DecisionStore(Store):
     # -- review queue -----------------------------------------------------------------------
     async def open_reviews(self, uri: str | None = None, limit: int = 100) -> list[ReviewItem]:
         sql = "SELECT * FROM review_items WHERE state = 'open'" + (" AND uri = ?" if uri else "") + " ORDER BY id LIMIT ?"
-        async with self._db.execute(sql, (uri, limit) if uri else (limit,)) as cur:
+        async with self._reading(sql, (uri, limit) if uri else (limit,)) as cur:
             return [_review(r) for r in await cur.fetchall()]
 
     async def reviews_for(self, uri: str) -> list[ReviewItem]:
-        async with self._db.execute("SELECT * FROM review_items WHERE uri = ? ORDER BY id", (uri,)) as cur:
+        async with self._reading("SELECT * FROM review_items WHERE uri = ? ORDER BY id", (uri,)) as cur:
             return [_review(r) for r in await cur.fetchall()]
 
     async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
         """Close the open review items of `uri` (optionally only `values`); returns how many."""
-        async with self._lock, transaction(self._db) as db:
+        async with self._lock, self._transaction() as db:
             sql = "UPDATE review_items SET state = 'resolved', resolution = ?, resolved_by = ?, resolved_at = ?" \
                   " WHERE uri = ? AND state = 'open'"
             params: list = [resolution, actor, now_iso(), uri]
@@ -110,7 +110,7 @@ class DecisionStore(Store):
             return cur.rowcount
 
     async def counts(self) -> dict[str, int]:
-        async with self._db.execute("SELECT state, count(*) FROM review_items GROUP BY state") as cur:
+        async with self._reading("SELECT state, count(*) FROM review_items GROUP BY state") as cur:
             out = {"open": 0, "resolved": 0}
             out.update({s: n for s, n in await cur.fetchall()})
         return out
@@ -121,7 +121,7 @@ class DecisionStore(Store):
         A range scan of the decisions_uri index (no LIKE); explain lists an account's records with it.
         """
         where, params = _prefix_range("uri", prefix)
-        async with self._db.execute(
+        async with self._reading(
             f"SELECT uri, count(*), max(created) FROM decisions WHERE {where} GROUP BY uri ORDER BY uri", params
         ) as cur:
             return {uri: (n, latest) for uri, n, latest in await cur.fetchall()}
@@ -130,7 +130,7 @@ class DecisionStore(Store):
         """The open review items of every uri starting with `prefix`, by uri then id."""
         where, params = _prefix_range("uri", prefix)
         # Without ANALYZE statistics SQLite prefers review_state and walks every open item.
-        async with self._db.execute(
+        async with self._reading(
             f"SELECT * FROM review_items INDEXED BY review_open WHERE state = 'open' AND {where} ORDER BY uri, id",
             params,
         ) as cur:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from firehose_mod.ingest.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import Store, transaction
+from firehose_mod.store.db import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class IngestStore(Store):
 
     async def cursor(self, source: str) -> int | None:
         """The saved cursor of `source`, or None if it never committed."""
-        async with self._db.execute("SELECT cursor FROM source_cursors WHERE source = ?", (source,)) as cur:
+        async with self._reading("SELECT cursor FROM source_cursors WHERE source = ?", (source,)) as cur:
             row = await cur.fetchone()
         return row[0] if row else None
 
@@ -63,7 +63,7 @@ class IngestStore(Store):
         db = self._db
         now = now_iso()
         enqueued = duplicates = 0
-        async with transaction(db):
+        async with self._transaction():
             for ev in events:
                 if isinstance(ev, TrackEvent):
                     if await self._apply_track(ev, source, now, rescan):
@@ -147,37 +147,34 @@ class IngestStore(Store):
         if uris:
             sql += f" AND uri IN ({', '.join('?' * len(uris))})"
             params += uris
-        async with self._db.execute(sql + " ORDER BY uri LIMIT ?", (*params, limit)) as cur:
+        async with self._reading(sql + " ORDER BY uri LIMIT ?", (*params, limit)) as cur:
             return [(u, c or "", json.loads(r)) for u, c, r in await cur.fetchall()]
 
     async def rescan_state(self, key: str) -> dict | None:
-        async with self._db.execute("SELECT last_uri, checked, changed, finished FROM rescans WHERE key = ?",
+        async with self._reading("SELECT last_uri, checked, changed, finished FROM rescans WHERE key = ?",
                                     (key,)) as cur:
             row = await cur.fetchone()
         return None if row is None else dict(zip(("last_uri", "checked", "changed", "finished"), row))
 
     async def save_rescan(self, key: str, last_uri: str, checked: int, changed: int, finished: bool) -> None:
         now = now_iso()
-        async with self._lock:
-            await self._db.execute(
-                "INSERT INTO rescans (key, last_uri, checked, changed, finished, started, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET last_uri = excluded.last_uri,"
-                " checked = excluded.checked, changed = excluded.changed, finished = excluded.finished,"
-                " updated = excluded.updated",
-                (key, last_uri, checked, changed, int(finished), now, now),
-            )
+        await self._write(
+            "INSERT INTO rescans (key, last_uri, checked, changed, finished, started, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET last_uri = excluded.last_uri,"
+            " checked = excluded.checked, changed = excluded.changed, finished = excluded.finished,"
+            " updated = excluded.updated",
+            (key, last_uri, checked, changed, int(finished), now, now),
+        )
 
     async def known_dids(self) -> set[str]:
         """DIDs that have published tracks: whose identity and account events we keep."""
-        async with self._db.execute("SELECT DISTINCT did FROM tracks") as cur:
+        async with self._reading("SELECT DISTINCT did FROM tracks") as cur:
             return {r[0] for r in await cur.fetchall()}
 
     # -- the scan queue ---------------------------------------------------------------------
     async def requeue_running(self) -> int:
         """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
-        async with self._lock:
-            cur = await self._db.execute("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
-            return cur.rowcount
+        return await self._write("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
 
     async def claim(self, limit: int) -> list[ScanJob]:
         """Mark up to `limit` due pending jobs as running and return them, oldest first."""
@@ -186,7 +183,7 @@ class IngestStore(Store):
 
     async def _claim(self, limit: int) -> list[ScanJob]:
         db = self._db
-        async with transaction(db):
+        async with self._transaction():
             async with db.execute(
                 "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record, t.cid, t.deleted FROM scan_jobs j"
                 " LEFT JOIN tracks t ON t.uri = j.uri"
@@ -201,32 +198,30 @@ class IngestStore(Store):
                 for r in rows]
 
     async def finish(self, job_id: int) -> None:
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
-            )
+        await self._write(
+            "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
+        )
 
     async def retry_later(self, job_id: int, error: str, delay: float, *, give_up: bool = False) -> None:
         """Record a failure: back to pending after `delay` seconds, or 'failed' for good."""
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
-                ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
-            )
+        await self._write(
+            "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
+            ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
+        )
 
     async def counts(self) -> dict[str, int]:
         """Jobs by state, dead letters and tracks: for status and metrics."""
         out: dict[str, int] = {"pending": 0, "running": 0, "done": 0, "failed": 0}
-        async with self._db.execute("SELECT state, count(*) FROM scan_jobs GROUP BY state") as cur:
+        async with self._reading("SELECT state, count(*) FROM scan_jobs GROUP BY state") as cur:
             out.update({state: n for state, n in await cur.fetchall()})
-        async with self._db.execute("SELECT count(*) FROM dead_letters") as cur:
+        async with self._reading("SELECT count(*) FROM dead_letters") as cur:
             out["dead_letters"] = (await cur.fetchone())[0]
-        async with self._db.execute("SELECT count(*) FROM tracks WHERE deleted = 0") as cur:
+        async with self._reading("SELECT count(*) FROM tracks WHERE deleted = 0") as cur:
             out["tracks"] = (await cur.fetchone())[0]
         return out
 
     async def dead_letters(self, limit: int = 50) -> list[dict]:
-        async with self._db.execute(
+        async with self._reading(
             "SELECT id, source, cursor, reason, detail, did, uri, created FROM dead_letters ORDER BY id DESC LIMIT ?",
             (limit,),
         ) as cur:
@@ -234,7 +229,7 @@ class IngestStore(Store):
             return [dict(zip(cols, r)) for r in await cur.fetchall()]
 
     async def jobs(self, uri: str) -> list[dict]:
-        async with self._db.execute(
+        async with self._reading(
             "SELECT id, uri, cid, operation, state, attempts, error FROM scan_jobs WHERE uri = ? ORDER BY id", (uri,)
         ) as cur:
             cols = [c[0] for c in cur.description]

@@ -59,8 +59,17 @@ def _row(row: tuple) -> StoredLabel:
 class LabelLog:
     """The public API of the label log; see the module docstring for the write rules."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str):
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str,
+                 *, path: Path | None = None, busy_wait: float | None = None):
         self._writer = writer
+        self._path = path
+        # How long a write waits for another process's lock: None (the daemon) is for ever;
+        # an operator command says who holds it after this many seconds.
+        self.busy_wait = busy_wait
+        # An operator command writing many batches (a burst, `rescan --apply`) pauses this long
+        # after each commit, so the daemon's own writes (ingest, scans) get the lock between its
+        # batches instead of starving behind them: SQLite's busy wait is not first-come.
+        self.pause_after_commit = 0.0 if busy_wait is None else 0.1
         self._reader = reader
         self.key = key
         self.src = src
@@ -70,14 +79,15 @@ class LabelLog:
         self._resigned: dict[int, bytes] = {}
 
     @classmethod
-    async def open(cls, path: Path, key: SigningKey, src: str, *, synchronous: str = "FULL") -> LabelLog:
+    async def open(cls, path: Path, key: SigningKey, src: str, *, synchronous: str = "FULL",
+                   busy_wait: float | None = None) -> LabelLog:
         writer = await open_db(path, synchronous=synchronous)
         try:
             reader = await open_db(path, synchronous=synchronous)
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, key, src)
+        return cls(writer, reader, key, src, path=path, busy_wait=busy_wait)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -109,6 +119,8 @@ class LabelLog:
             validate_label_fields(r.uri, r.val, r.cid, r.exp)
         async with self._write_lock:
             written = await self._append(requests, also)
+            if self.pause_after_commit:
+                await anyio.sleep(self.pause_after_commit)
         if written:
             for s in written:
                 log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
@@ -121,7 +133,7 @@ class LabelLog:
         states: list[tuple[str, str, str, int]] = []
         now = datetime.now(UTC)
         db = self._writer
-        async with transaction(db):
+        async with transaction(db, wait=self.busy_wait, path=self._path):
             # One read for the whole batch, one write per label, one write for the state rows:
             # each aiosqlite call is a thread hop, which costs more than the SQL itself.
             current = await self._currents({(r.uri, r.val) for r in requests})
@@ -187,7 +199,7 @@ class LabelLog:
         previous head."""
         if not 0 < floor < 2**53 - 1:
             raise ValueError("the seq floor must be between 1 and 2^53-2")
-        async with self._write_lock, transaction(self._writer) as db:
+        async with self._write_lock, transaction(self._writer, wait=self.busy_wait, path=self._path) as db:
             async with db.execute(
                 "SELECT max(coalesce((SELECT max(seq) FROM labels), 0),"
                 " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
