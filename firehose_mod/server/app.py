@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 SUBSCRIBE = "/xrpc/com.atproto.label.subscribeLabels"
 QUERY = "/xrpc/com.atproto.label.queryLabels"
+CLOSE_TIMEOUT = 2.0  # seconds a subscriber gets to complete the close handshake when we stop
 
 
 def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
@@ -88,6 +89,7 @@ class LabelServer:
             compression=None,  # per-client deflate would cost CPU per subscriber per frame
             max_size=64 * 1024,  # subscribers have nothing to send us
             server_header=f"firehose-mod/{__version__}",
+            close_timeout=CLOSE_TIMEOUT,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("server.listening", host=s.host, port=self.port, did=s.did)
@@ -95,9 +97,14 @@ class LabelServer:
             try:
                 await anyio.sleep_forever()
             finally:
+                # A stop is bounded whatever the clients do: each gets the close handshake
+                # (1001) for CLOSE_TIMEOUT seconds; a client that reads nothing cannot even
+                # receive it, and is cut when the time is up.
                 server.close(close_connections=True)
-                with anyio.move_on_after(5, shield=True):
+                with anyio.move_on_after(CLOSE_TIMEOUT + 0.5, shield=True):
                     await server.wait_closed()
+                for conn in list(server.connections):
+                    conn.transport.abort()
 
     # -- routing ----------------------------------------------------------------------------
     def _remote(self, conn: ServerConnection, request: Request) -> str:
