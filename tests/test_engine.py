@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from firehose_mod.scan.base import Finding, ScanContext, Track
+from firehose_mod.scan.base import Finding, MediaError, ScanContext, Scanner, Track
+from firehose_mod.scan.cover import CoverArtScanner, PdqBlocklist
 from firehose_mod.scan.engine import ScanEngine, ScannersFailed
 from firehose_mod.scan.policy import PolicyError, load_policy, parse_policy
+from firehose_mod.scan.selflabels import SelfLabelScanner
+from firehose_mod.scan.text import TextBlocklist, TextScanner
 from firehose_mod.store.decisions import DecisionRow, DecisionStore
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +32,17 @@ def cid(version: str) -> str:
 V1, V2 = cid("v1"), cid("v2")
 
 
+# What the real scanners of these names declare (test_every_scanner_declares_what_it_can_report
+# checks it), so that a fake's failure protects what the real scanner's would: (kinds, values).
+DECLARED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "copyright": (frozenset({"copyright-match", "media-unavailable"}), frozenset({"copyright-violation"})),
+    "audd": (frozenset({"copyright-match", "media-unavailable"}), frozenset({"copyright-violation"})),
+    "cover-art": (frozenset({"nsfw", "pdq-match", "cover-unusable", "media-unavailable"}), frozenset()),
+    "text": (frozenset({"text"}), frozenset()),
+    "self-labels": (frozenset({"self-label"}), frozenset()),
+}
+
+
 @dataclass
 class FakeScanner:
     """A scanner whose findings the test chooses; it can also fail or hang."""
@@ -38,8 +52,16 @@ class FakeScanner:
     fail: bool = False
     hang: bool = False
     version: str = "1"
-    values: frozenset[str] | None = None
+    kinds: frozenset[str] = frozenset()
+    values: frozenset[str] = frozenset()
+    after_local: bool = False
     calls: int = 0
+
+    def __post_init__(self) -> None:
+        kinds, values = DECLARED.get(self.name, (frozenset(), frozenset()))
+        self.kinds = self.kinds or kinds
+        self.values = self.values or values
+        self.after_local = self.after_local or self.name == "audd"
 
     async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]:
         self.calls += 1
@@ -151,6 +173,67 @@ async def test_a_failed_scanner_never_causes_a_negation(label_log, decisions):
     with pytest.raises(ScannersFailed):
         await engine.process(track(V2))
     assert await values_in_force(label_log) == {"porn"}
+
+
+class UnreachableCovers:
+    """Media whose cover host answers 503 (a transient fetch failure) and has no audio."""
+
+    async def audio(self, track: Track):
+        return None
+
+    async def image(self, track: Track):
+        raise MediaError("https://cdn.example/cover.jpg: HTTP 503")
+
+
+async def test_a_failed_cover_fetch_does_not_keep_an_unrelated_copyright_label(label_log, decisions):
+    copyright_scanner = FakeScanner("copyright", [copyright(95)])
+    cover = CoverArtScanner(scorer=lambda img: 0.0)  # the real scanner, its fetch failing
+    engine = ScanEngine([copyright_scanner, cover], load_policy(None), label_log, decisions,
+                        ScanContext(media=UnreachableCovers(), run_cpu=None), timeout=5.0)
+    with pytest.raises(ScannersFailed, match="cover-art"):
+        await engine.process(track())
+    assert await values_in_force(label_log) == {"copyright-violation"}
+    copyright_scanner.findings = []  # the audio was replaced by unrelated audio
+    with pytest.raises(ScannersFailed, match="cover-art"):
+        await engine.process(track(V2))
+    assert await values_in_force(label_log) == set()  # the cover could not have kept it
+    (negation,) = [r for r in await decisions.history(URI) if r["action"] == "negate"]
+    assert negation["value"] == "copyright-violation"
+
+
+def test_a_failed_scanner_protects_what_the_policy_can_label_from_its_findings():
+    policy = load_policy(None)
+    cover = CoverArtScanner(blocklist=PdqBlocklist.parse(f"{'a' * 64} gore\n{'b' * 64}\n"))
+    assert cover.values == {"gore"}  # what its blocklist entries name
+    assert policy.label_values(cover) == {"porn", "sexual", "gore"}  # the nsfw rules, pdq-blocklist
+    assert policy.label_values(TextScanner(builtin=False)) == set()  # the default text rules only review
+    assert policy.label_values(SelfLabelScanner()) == set()
+    assert policy.label_values(FakeScanner("copyright")) == {"copyright-violation"}
+    assert policy.label_values(FakeScanner("audd")) == {"copyright-violation"}
+    stricter = parse_policy(base_text().replace(
+        'name = "text-slur"\nkind = "text"\nequals = { category = "slur" }\naction = "review"',
+        'name = "text-slur"\nkind = "text"\nequals = { category = "slur" }\naction = "label"'))
+    assert stricter.label_values(TextScanner(builtin=False)) == {"offensive-text"}
+    # A rule for one scanner's findings does not make another scanner of the same kinds keep it.
+    only_audd = parse_policy('[[rules]]\nkind = "copyright-match"\nscanner = "audd"\naction = "label"\n')
+    assert only_audd.label_values(FakeScanner("audd")) == {"copyright-violation"}
+    assert only_audd.label_values(FakeScanner("copyright")) == set()
+
+
+def test_every_scanner_declares_what_it_can_report():
+    from firehose_mod.scan.audd import AuddClient, AuddScanner
+    from firehose_mod.scan.copyright import CopyrightScanner
+
+    scanners = [SelfLabelScanner(), TextScanner(builtin=False), CoverArtScanner(scorer=None),
+                CopyrightScanner(store=None, index=None), AuddScanner(AuddClient("token"))]
+    for scanner in scanners:
+        assert isinstance(scanner, Scanner), scanner.name
+        assert isinstance(scanner.kinds, frozenset) and scanner.kinds, scanner.name
+        assert isinstance(scanner.values, frozenset) and isinstance(scanner.after_local, bool), scanner.name
+        assert (scanner.kinds, scanner.values) == DECLARED[scanner.name], scanner.name
+    assert [s.name for s in scanners if s.after_local] == ["audd"]
+    operator_list = TextBlocklist.parse("term cheap pills -> spam\nre win \\d+ prizes -> scam\nterm meh\n")
+    assert TextScanner(blocklist=operator_list, builtin=False).values == {"spam", "scam"}
 
 
 async def test_clean_scan_is_recorded_so_not_labeled_is_explainable(label_log, decisions):

@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from firehose_mod.scan.base import MediaError, Track
+from firehose_mod.scan.base import MediaError, MediaUnavailable, Track
 from firehose_mod.scan.media import SafeFetcher, UnsafeAddress, address_problem, blob_ref
 from tests.fakes.media_server import COVER, SONG, MediaServer, raw_cid
 
@@ -189,9 +189,25 @@ async def test_slow_body_hits_the_deadline_and_leaves_no_file(server, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-async def test_http_errors_are_media_errors(fetcher, server):
-    with pytest.raises(MediaError, match="HTTP 404"):
-        await fetcher.fetch_url(f"{server.base}/missing.mp3", "audio")
+async def test_a_permanent_4xx_is_media_unavailable_and_a_5xx_is_not(fetcher, server):
+    with pytest.raises(MediaUnavailable, match="HTTP 404") as gone:
+        await fetcher.fetch_url(f"{server.base}/missing.png", "image")
+    assert (gone.value.status, gone.value.kind) == (404, "image")
+    assert gone.value.url == f"{server.base}/missing.png"
+    cid = server.add_blob(DID, b"a song")
+    blob = {"ref": {"$link": cid}, "mimeType": "audio/mpeg", "size": 6}
+    server.blob_fail = True  # the PDS answers 500: worth another try later
+    with pytest.raises(MediaError, match="HTTP 500") as failed:
+        await fetcher.audio(track(audioBlob=blob))
+    assert not isinstance(failed.value, MediaUnavailable)
+    # ... also when the record's audioUrl is gone: the blob may still come back
+    with pytest.raises(MediaError, match="HTTP 500.*HTTP 404") as both:
+        await fetcher.audio(track(audioBlob=blob, audioUrl=f"{server.base}/missing.mp3"))
+    assert not isinstance(both.value, MediaUnavailable)
+    server.blob_fail = False  # the PDS says BlobNotFound (HTTP 400) and there is no audioUrl
+    with pytest.raises(MediaUnavailable, match="HTTP 400") as missing:
+        await fetcher.audio(track(audioBlob={"ref": {"$link": raw_cid(b"never uploaded")}}))
+    assert missing.value.status == 400 and missing.value.kind == "audio"
 
 
 # -- the Media protocol --------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import anyio
 import httpx
 import structlog
 
-from firehose_mod.scan.base import Finding, ScanContext, Track
+from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, ScanContext, Track
 
 log = structlog.get_logger(__name__)
 
@@ -230,6 +230,9 @@ class AuddScanner:
 
     name = "audd"
     version = "1"
+    kinds = frozenset({"copyright-match", MEDIA_UNAVAILABLE})
+    values = frozenset({"copyright-violation"})
+    after_local = True  # runs after the local index, and asks AudD only when that found nothing
 
     def __init__(self, client: AuddClient, *, max_units_per_track: int = 60, keep_costs: int = 1000):
         self.client = client

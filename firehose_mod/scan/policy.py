@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firehose_mod.scan.base import Finding, Track
+from firehose_mod.scan.base import Finding, Scanner, Track
 
 ACTIONS = ("label", "review", "ignore")
 _VALUE_RE = re.compile(r"^!?[a-z][a-z0-9-]{0,127}$")
@@ -95,9 +95,32 @@ min_score = 0.6
 action = "review"
 value = "sexual"
 
+# A cover we could not decode may still show in a browser: a human looks at it, for what a
+# doubtful score would be checked for. Too small to show anything (under 16 px a side) or an
+# empty file: nothing for anyone to see.
 [[rules]]
-name = "cover-unusable"
+name = "cover-too-small"
 kind = "cover-unusable"
+equals = { reason = "too-small" }
+action = "ignore"
+
+[[rules]]
+name = "cover-empty"
+kind = "cover-unusable"
+equals = { reason = "empty" }
+action = "ignore"
+
+[[rules]]
+name = "cover-undecodable"
+kind = "cover-unusable"
+action = "review"
+value = "sexual"
+
+# The media host answers 404/410/403 (a PDS: BlobNotFound): listeners get the same answer, so
+# there is nothing to label or review. The labels the scanner made earlier stay in force.
+[[rules]]
+name = "media-unavailable"
+kind = "media-unavailable"
 action = "ignore"
 
 [[rules]]
@@ -159,6 +182,15 @@ class Policy:
 
     def rule_for(self, f: Finding) -> Rule | None:
         return next((r for r in self.rules if r.matches(f)), None)
+
+    def label_values(self, scanner: Scanner) -> frozenset[str]:
+        """Every label value a `label` rule could write from `scanner`'s findings: the rule's
+        value, or else the finding's own (one of `scanner.values`). What its failure keeps."""
+        out: set[str] = set()
+        for r in self.rules:
+            if r.action == "label" and r.kind in scanner.kinds and r.scanner in (None, scanner.name):
+                out |= {r.value} if r.value else scanner.values
+        return frozenset(out)
 
 
 def parse_policy(text: str, source: str = "default") -> Policy:

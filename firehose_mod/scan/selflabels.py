@@ -30,6 +30,11 @@ class SelfLabelScanner:
 
     name = "self-labels"
     version = "1"
+    kinds = frozenset({"self-label"})
+    # Each finding carries the creator's own value, which the policy never labels over
+    # (a self-labelled value is set aside): this scanner leads to no label value of its own.
+    values: frozenset[str] = frozenset()
+    after_local = False
 
     async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]:
         values = self_label_values(track.record)

@@ -292,6 +292,14 @@ class TextBlocklist:
     terms: TermIndex
     regexes: tuple[tuple[re.Pattern[str], Term], ...]
 
+    @property
+    def values(self) -> frozenset[str]:
+        """The label values its entries name (`-> value`)."""
+        index = self.terms
+        terms = [t for _, t in self.regexes] + list(index.phrases.values()) + list(index.substrings.values())
+        terms += [t for bucket in index.words.values() for _, t in bucket]
+        return frozenset(t.value for t in terms if t.value)
+
     @classmethod
     def parse(cls, text: str, *, source: str = "<text blocklist>") -> TextBlocklist:
         index, regexes = TermIndex(), []
@@ -367,10 +375,14 @@ class TextScanner:
 
     name = "text"
     version = "1"
+    kinds = frozenset({"text"})
+    after_local = False
 
     def __init__(self, *, blocklist: TextBlocklist | None = None, languages: tuple[str, ...] | None = None,
                  builtin: bool = True):
         self.blocklist = blocklist
+        # Built-in list hits carry no value; an operator entry carries the value it names.
+        self.values: frozenset[str] = blocklist.values if blocklist else frozenset()
         self.index = builtin_index(languages) if builtin else TermIndex()
 
     def check(self, fields: list[tuple[str, str]]) -> list[Finding]:
