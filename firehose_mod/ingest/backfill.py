@@ -34,6 +34,7 @@ from firehose_mod.ingest.records import (
     retrying,
 )
 from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did
+from firehose_mod.scan.netguard import outbound_client
 from firehose_mod.store.backfill import BackfillRepo, BackfillStore
 from firehose_mod.store.ingest import IngestStore
 
@@ -231,6 +232,8 @@ async def run_backfill(
     progress: called after every page and every failed repo, e.g. to draw a progress bar;
       an exception it raises stops the run (committed pages and cursors are kept) and is
       re-raised as is. Cancelling the run is just as safe: the next run resumes.
+    client: defaults to `outbound_client(settings)`, which refuses loopback, private and other
+      internal addresses unless `[media] allow_networks` opens them (the relay's, the PLC's too).
     concurrency: repos read at the same time. max_attempts/retry_base: per HTTP call,
       transient errors are retried with jittered backoff from retry_base seconds.
     Raises ValueError for an invalid DID in `dids` or an invalid relay URL.
@@ -249,9 +252,8 @@ async def run_backfill(
         dids = list(dict.fromkeys(dids))
     relay = None if dids is not None else _http_base(relay_url or DEFAULT_RELAY)
     own_client = client is None
-    if client is None:
-        client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True,
-                                   headers={"user-agent": "firehose-mod-backfill"})
+    if client is None:  # vetted: PDS endpoints come from strangers' DID documents
+        client = outbound_client(settings, user_agent="firehose-mod-backfill")
     resolver = resolver or DidResolver(client, plc_url)
     ingest = repos = None
     try:

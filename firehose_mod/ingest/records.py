@@ -1,5 +1,6 @@
 """XRPC reads for backfill: listRecords pages decoded into typed events (pure), and
-JSON GETs with a clear error and a retry policy for transient failures."""
+JSON GETs with a clear error and a retry policy for transient failures. The client is a vetted
+one (`netguard.outbound_client`): a PDS endpoint comes from a stranger's DID document."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from firehose_mod.ingest.events import TRACK_COLLECTION, DeadLetter, TrackEvent
 from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
 from firehose_mod.ingest.reconnect import Backoff
 from firehose_mod.ingest.resolve import ResolveError
+from firehose_mod.scan.netguard import UnsafeAddress
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +98,8 @@ async def get_json(client: httpx.AsyncClient, url: str, params: dict, what: str)
         resp = await client.get(url, params=params)
     except httpx.InvalidURL as exc:
         raise FetchError(f"{what}: invalid URL {url[:200]!r}: {exc}") from None
+    except UnsafeAddress as exc:  # refused before connecting: permanent, and nothing was read
+        raise FetchError(f"{what}: {url[:200]}: {exc}"[:500]) from None
     except httpx.HTTPError as exc:
         raise FetchError(f"{what}: cannot reach {url}: {type(exc).__name__}: {exc}"[:500], transient=True) from None
     if resp.status_code != 200:

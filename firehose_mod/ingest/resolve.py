@@ -4,6 +4,11 @@ DID documents are user input: a missing document, a document without an `#atprot
 service, or an endpoint that is not an http(s) URL is a `ResolveError` whose message says
 which DID and what is wrong. Network failures and 5xx answers are `ResolveError`s with
 `transient=True`, so a caller can retry them; the others will not fix themselves.
+
+The HTTP client given to `DidResolver` should be `netguard.outbound_client(settings)`: a did:web
+host and the PDS a document names are addresses a stranger chooses, so every connection (the
+PLC directory's too) is vetted, and a refused address (loopback, private, link-local...) is a
+permanent `ResolveError` raised before anything is sent.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import structlog
+
+from firehose_mod.scan.netguard import UnsafeAddress
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +126,8 @@ class DidResolver:
         self.stats["lookups"] += 1
         try:
             resp = await self.client.get(url, headers={"accept": "application/did+ld+json, application/json"})
+        except UnsafeAddress as exc:  # permanent: the document's host will not become public
+            raise ResolveError(f"{did}: cannot fetch DID document from {url[:200]}: {exc}"[:500]) from None
         except httpx.HTTPError as exc:
             raise ResolveError(f"{did}: cannot fetch DID document from {url}: {type(exc).__name__}: {exc}"[:500],
                                transient=True) from None

@@ -23,6 +23,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import libipld
@@ -31,6 +32,7 @@ import structlog
 from firehose_mod.ingest.car import _cbor_arg, _cbor_item
 from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did, document_entries
 from firehose_mod.labels.signing import CURVES, KeyError_, parse_did_key, verify_bytes
+from firehose_mod.scan.netguard import outbound_client
 
 log = structlog.get_logger(__name__)
 
@@ -239,8 +241,19 @@ class CommitVerifier:
     exists but has no usable `#atproto` key (or is not found) cannot sign anything: that is a
     reason too. A transient resolution failure (PLC/did:web host unreachable, 5xx, 429) raises
     `ResolveError` with `transient=True`: the caller decides (the firehose passes the events
-    through as unverified). DID documents are fetched with `DidResolver`'s HTTP plumbing.
+    through as unverified). DID documents are fetched with `DidResolver`'s HTTP plumbing, over
+    a vetted client (`http_client`): a did:web host is whatever a stranger's DID says.
     """
+
+    @staticmethod
+    def http_client(settings: Any, *, timeout: float | None = None) -> httpx.AsyncClient:
+        """The client key lookups should use: `outbound_client(settings)`, internal addresses refused.
+
+        Lookups happen in the firehose read loop, so by default they time out well inside its
+        read deadline (a quarter of `ingest_read_timeout`, at most 5 s)."""
+        if timeout is None:
+            timeout = min(5.0, settings.ingest_read_timeout / 4)
+        return outbound_client(settings, timeout=timeout)
 
     def __init__(self, resolver_client: httpx.AsyncClient, plc_url: str = "https://plc.directory", *,
                  web_base: Callable[[str], str] | None = None, ttl: float = 3600,

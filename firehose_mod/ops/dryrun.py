@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from firehose_mod.ops.targets import (
 from firehose_mod.scan.base import Finding, MediaError, ScanContext, Track
 from firehose_mod.scan.engine import ScanEngine
 from firehose_mod.scan.media import SafeFetcher
+from firehose_mod.scan.netguard import outbound_client
 from firehose_mod.scan.policy import Plan
 
 log = structlog.get_logger(__name__)
@@ -178,9 +180,8 @@ async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncItera
             scanner.values = frozenset({"copyright-violation"})
             catalogue = Catalogue(store, index, _scanner=scanner)
             log.info("dryrun.catalogue", **loaded)
-        client = await stack.enter_async_context(httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True,
-            headers={"user-agent": "firehose-mod-scan"}))
+        # Vetted like the daemon's: an at-uri's DID document names the PDS getRecord goes to.
+        client = await stack.enter_async_context(outbound_client(settings, user_agent="firehose-mod-scan"))
         fetcher = await stack.enter_async_context(SafeFetcher(
             DidResolver(client, settings.plc_url), cache_dir=scratch / "media",
             max_audio_bytes=settings.media_max_audio_mb * 1024 * 1024,
@@ -190,15 +191,35 @@ async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncItera
             allow_networks=settings.media_allow_networks, allow_http=settings.media_allow_http))
         media = LocalFilesMedia(fetcher)
         engine = ScanEngine(build_scanners(settings, catalogue=catalogue), policy, label_log, decisions,
-                            ScanContext(media=media, run_cpu=run_cpu), timeout=settings.scan_timeout)
+                            ScanContext(media=media, run_cpu=_noting_decode_errors(run_cpu)),
+                            timeout=settings.scan_timeout)
         engine.catalogue = catalogue
         yield engine, media, client
 
 
 # -- one target ----------------------------------------------------------------------------------
+_decode_errors: ContextVar[list[str] | None] = ContextVar("dryrun_decode_errors", default=None)
+
+
+def _noting_decode_errors(run_cpu):
+    """`run_cpu`, noting media ffmpeg cannot decode: a scanner sees no match there, a dry run an error."""
+    from firehose_mod.scan.fingerprint import DecodeError
+
+    async def run(fn, *args):
+        try:
+            return await run_cpu(fn, *args)
+        except DecodeError as exc:
+            if (noted := _decode_errors.get()) is not None:
+                noted.append(str(exc))
+            raise
+
+    return run
+
+
 async def _scan_one(engine: ScanEngine, media: LocalFilesMedia, client: httpx.AsyncClient, job: _Job) -> TargetResult:
     started = time.monotonic()
     result = TargetResult(job.target, job.source, job.kind or "unknown")
+    _decode_errors.set(undecodable := [])
     if job.error is not None:
         result.errors.append({"where": "target", "error": job.error})
         return result
@@ -214,6 +235,7 @@ async def _scan_one(engine: ScanEngine, media: LocalFilesMedia, client: httpx.As
     result.findings = scanned.findings
     result.match = best_match(scanned.findings)
     result.errors += [{"where": name, "error": err} for name, err in sorted(scanned.failures.items())]
+    result.errors += [{"where": "decode", "error": err[:500]} for err in undecodable]
     result.seconds = round(time.monotonic() - started, 3)
     log.info("dryrun.scanned", target=job.target, status=result.status, findings=len(scanned.findings))
     return result
@@ -262,7 +284,7 @@ def best_match(findings: list[Finding]) -> dict | None:
 
 def render_text(result: TargetResult) -> str:
     """The operator's report on one target: match, would-be decisions, findings, errors."""
-    lines = [f"{result.target}  ({result.kind}, {result.source}, {result.seconds:g} s)"]
+    lines = [f"{result.target}  ({result.kind}, {result.source}; scanned in {result.seconds:g} s)"]
     m = result.match
     if m:
         lines.append(f"  match    {m['ref']}" + (f" {m['title']!r}" if m.get("title") else "")

@@ -5,6 +5,11 @@ answer is loopback, private, link-local, CGNAT, multicast, reserved or unspecifi
 inside IPv6 and NAT64 included), then connects to exactly those vetted addresses, so a DNS
 answer that changes between the check and the connection (rebinding) cannot slip through.
 `allow_networks` opens chosen networks (tests, a deliberate operator) and nothing else.
+
+Every outbound HTTP request of the labeler goes through such a connection: media (`SafeFetcher`),
+and the clients of `vetted_client` / `outbound_client` for DID documents (PLC, did:web), PDS
+calls (listRecords, getRecord) and relay listings. A refusal raises `UnsafeAddress` before any
+byte is sent, so nothing an internal service would answer can reach a log.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpcore
@@ -22,6 +27,8 @@ from firehose_mod.scan.base import MediaError
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # CGNAT: neither private nor global in Python
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # reaches the IPv4 address in its low 32 bits
+
+USER_AGENT = "firehose-mod (plyr.fm moderation labeler)"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -143,3 +150,31 @@ def parse_networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]
         except ValueError:
             raise ValueError(f"not an IP network: {net!r} (expected e.g. 127.0.0.1/32)") from None
     return tuple(out)
+
+
+def vetted_client(*, allow_networks: Iterable[str | IPNetwork] = (), resolve: Resolve = system_resolve,
+                  timeout: float = 30.0, connect_timeout: float = 10.0, max_redirects: int = 3,
+                  user_agent: str = USER_AGENT) -> httpx.AsyncClient:
+    """An httpx client whose every connection, redirects included, goes to vetted addresses only.
+
+    For JSON calls to addresses strangers choose (DID documents, PDSes) and to the PLC directory
+    and relays. No proxies and nothing from the environment (`trust_env=False`): a proxy would
+    make the connection, and the vetting, somewhere else. A refused address raises
+    `UnsafeAddress` (not an `httpx.HTTPError`) from the request; callers turn it into their own
+    permanent error. `allow_networks` as for `VettedTransport`; `resolve` replaces DNS (tests).
+    """
+    return httpx.AsyncClient(
+        transport=VettedTransport(allow=parse_networks(allow_networks), resolve=resolve),
+        trust_env=False, follow_redirects=max_redirects > 0, max_redirects=max_redirects,
+        timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)), headers={"user-agent": user_agent},
+    )
+
+
+class _NetSettings(Protocol):
+    media_allow_networks: tuple[str, ...]
+
+
+def outbound_client(settings: _NetSettings, *, resolve: Resolve = system_resolve, **kw: Any) -> httpx.AsyncClient:
+    """`vetted_client` with the configured allow-list (`[media] allow_networks`, which covers every
+    outbound request: empty by default, so nothing private, loopback or link-local is reached)."""
+    return vetted_client(allow_networks=settings.media_allow_networks, resolve=resolve, **kw)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 import structlog
 
 from firehose_mod.config import Settings
@@ -114,8 +113,9 @@ async def scan_context(settings: Settings, resolver=None) -> AsyncIterator[ScanC
     """Media fetcher and CPU pool for the scanners, closed on exit."""
     from firehose_mod.ingest.resolve import DidResolver
     from firehose_mod.scan.media import SafeFetcher
+    from firehose_mod.scan.netguard import outbound_client
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with outbound_client(settings) as client:  # DID documents and PDS endpoints are strangers
         resolver = resolver or DidResolver(client, settings.plc_url)
         fetcher = SafeFetcher(
             resolver,

@@ -14,7 +14,8 @@ Routes: /plc/{did} (DID documents; their #atproto_pds points at /pds/{name}),
 descending rkey order, `cursor` = the last rkey of every non-empty page (so the last page
 is followed by one empty page). Knobs: `FakePds.fail_times` (HTTP 500 that many times, then
 recover), `FakePds.down` (documents point at a closed port: connection refused),
-`add_repo(..., pds=None)` (a DID document without a PDS service). Every request is logged
+`add_repo(..., pds=None)` (a DID document without a PDS service), `add_repo(..., endpoint=URL)` (a
+document whose #atproto_pds names any URL, e.g. an internal address). Every request is logged
 in `requests` as (path, query) for tests to count.
 """
 
@@ -71,6 +72,7 @@ class FakePds:
 class _Account:
     did: str
     pds: str | None  # FakePds name; None = a document without an #atproto_pds service
+    endpoint: str | None = None  # names this #atproto_pds endpoint instead of a FakePds
 
 
 class FakeNetwork(LocalHTTPServer):
@@ -93,8 +95,9 @@ class FakeNetwork(LocalHTTPServer):
         self.pdses[name] = FakePds(name, **knobs)
         return self.pdses[name]
 
-    def add_repo(self, did: str, pds: str | None, records: list[dict] | None = None, *, in_relay: bool = True) -> None:
-        self.accounts[did] = _Account(did, pds)
+    def add_repo(self, did: str, pds: str | None, records: list[dict] | None = None, *, in_relay: bool = True,
+                 endpoint: str | None = None) -> None:
+        self.accounts[did] = _Account(did, pds, endpoint)
         if pds is not None:
             self.pdses[pds].repos[did] = list(records or [])
         if in_relay:
@@ -131,9 +134,9 @@ class FakeNetwork(LocalHTTPServer):
                                     "publicKeyMultibase": "zQ3shXjHeiBuRCKmM36cuYnm7YEMzhGnCmCyW92sRJ9pribSF"}],
             "service": [],
         }
-        if account.pds is not None:
+        if account.pds is not None or account.endpoint is not None:
             doc["service"].append({"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
-                                   "serviceEndpoint": self.pds_url(account.pds)})
+                                   "serviceEndpoint": account.endpoint or self.pds_url(account.pds)})
         return doc
 
     def count(self, path_part: str, **query: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from firehose_mod.scan.fingerprint.chromaprint import ChromaprintError, chromaprint_file
-from firehose_mod.scan.fingerprint.extract import DEFAULT_PARAMS, Fingerprint, FingerprintParams, fingerprint_file
+from firehose_mod.scan.fingerprint.extract import DEFAULT_PARAMS, Fingerprint, FingerprintParams, ffmpeg_input, fingerprint_file
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def sha256_file(path: str | Path) -> str:
 def probe_tags(path: str | Path) -> dict[str, str]:
     """Title and artist tags, if ffprobe finds any (lower-cased keys); {} on any failure."""
     proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format_tags=title,artist", "-of", "json", str(path)],
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags=title,artist", "-of", "json", *ffmpeg_input(path)],
         capture_output=True, check=False, timeout=60,
     )
     try:

@@ -9,14 +9,24 @@ The anchor's absolute time, pitch and the triplet's span are kept beside the has
 lookup can vote for one consistent (time scale, pitch shift, offset) per reference.
 
 Everything here is pure and synchronous: `fingerprint_file` is a top-level function, safe to
-send to a process pool.
+send to a process pool. A file is decoded and analysed in blocks of about a minute, so memory
+does not grow with its length (the triplets of 15 minutes are a few MB; the spectrogram would
+be hundreds).
+
+An upload is a stranger's file: ffmpeg opens it with `ffmpeg_input`, which allows the file
+protocol and the demuxers of single-file audio containers only. An HLS playlist, an ffconcat
+script, a DASH or IMF manifest saved as `.mp3` is then undecodable, instead of a pointer that
+ffmpeg would follow to another file on the labeler's disk.
 """
 
 from __future__ import annotations
 
 import functools
 import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -87,29 +97,132 @@ class Fingerprint:
         return int(self.t.size)
 
 
+# Demuxers of audio containers that read one file. Not hls, concat, dash, imf, image2...:
+# those open further files named inside the upload. mov opens none while `enable_drefs` is off
+# (its default).
+AUDIO_DEMUXERS = ("mp3,wav,w64,flac,ogg,mov,aac,aiff,asf,matroska,caf,wv,ape,tta,amr,au,ac3,eac3,dts,"
+                  "mpc,mpc8")
+BLOCK_SECONDS = 64.0  # analysed at a time: bounds memory, whatever the file's length
+
+
+def ffmpeg_input(path: str | Path) -> list[str]:
+    """ffmpeg/ffprobe arguments that open `path` as one local audio file, and nothing else."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS, "-i", f"file:{path}"]
+
+
+def decode_command(path: str | Path, sample_rate: int, seconds: float, fmt: str = "f32le") -> list[str]:
+    """ffmpeg decoding the first `seconds` of `path` to mono raw `fmt` at `sample_rate` on stdout."""
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *ffmpeg_input(path), "-map", "0:a:0", "-vn",
+            "-ac", "1", "-ar", str(sample_rate), "-t", str(seconds), "-f", fmt, "pipe:1"]
+
+
+def _ffmpeg_failed(path: str | Path, stderr: bytes, code: int) -> DecodeError:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return DecodeError(f"ffmpeg could not decode {path}: {lines[-1][:300] if lines else f'exit {code}'}")
+
+
+def decode_chunks(path: str | Path, params: FingerprintParams = DEFAULT_PARAMS, *,
+                  chunk_seconds: float = 16.0) -> Iterator[np.ndarray]:
+    """Mono float32 samples at `params.sample_rate` (at most `max_seconds`), read from ffmpeg as
+    it decodes, `chunk_seconds` at a time. Raises DecodeError after the last chunk if ffmpeg
+    failed; closing the iterator early stops ffmpeg."""
+    size = max(1, int(chunk_seconds * params.sample_rate)) * 4
+    # stderr to a file, not a pipe: a file full of broken frames must not block ffmpeg on a full pipe.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(decode_command(path, params.sample_rate, params.max_seconds), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err)
+        try:
+            while data := proc.stdout.read(size):
+                yield np.frombuffer(data[:len(data) - len(data) % 4], dtype="<f4")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+        if code != 0:
+            err.seek(0)
+            raise _ffmpeg_failed(path, err.read()[-4096:], code)
+
+
 def decode_audio(path: str | Path, params: FingerprintParams = DEFAULT_PARAMS) -> np.ndarray:
-    """Mono float32 samples at `params.sample_rate`, decoded by ffmpeg."""
-    cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-        "-ac", "1", "-ar", str(params.sample_rate), "-t", str(params.max_seconds), "-f", "f32le", "pipe:1",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise DecodeError(f"ffmpeg could not decode {path}: {msg[-1] if msg else 'exit ' + str(proc.returncode)}")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32, copy=False)
+    """Mono float32 samples at `params.sample_rate`, decoded by ffmpeg (all in memory)."""
+    chunks = list(decode_chunks(path, params))
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def fingerprint_file(path: str | Path, params: FingerprintParams = DEFAULT_PARAMS) -> Fingerprint:
-    """Decode `path` and fingerprint it (top-level: usable with a process pool)."""
-    return fingerprint_samples(decode_audio(path, params), params)
+    """Decode `path` and fingerprint it (top-level: usable with a process pool); memory is bounded
+    by the block size, not by the file's length."""
+    return fingerprint_stream(decode_chunks(path, params), params)
 
 
 def fingerprint_samples(x: np.ndarray, params: FingerprintParams = DEFAULT_PARAMS) -> Fingerprint:
-    duration = x.size / params.sample_rate
-    spec, loud = log_spectrogram(x, params)
-    pt, pf = find_peaks(spec, loud, params)
-    return _triplets(pt / params.frame_rate, pf / params.bins_per_semitone, duration, params)
+    return fingerprint_stream([x], params)
+
+
+def fingerprint_stream(chunks: Iterable[np.ndarray], params: FingerprintParams = DEFAULT_PARAMS, *,
+                       block_seconds: float = BLOCK_SECONDS) -> Fingerprint:
+    """The fingerprint of samples arriving in chunks of any size; the same as of the whole array.
+
+    Peaks are found block by block, each block's spectrogram with `peak_time_radius + 1` frames
+    of context on either side (what the peak test and its interpolation look at), and blocks
+    start on whole seconds, so the per-second density control sees the same peaks.
+    """
+    times, pitches, total = [], [], 0
+    for pt, pf, total in _block_peaks(chunks, params, _block_frames(params, block_seconds)):
+        times.append(pt)
+        pitches.append(pf)
+    pt = np.concatenate(times) if times else np.zeros(0, np.float32)
+    pf = np.concatenate(pitches) if pitches else np.zeros(0, np.float32)
+    return _triplets(pt / params.frame_rate, pf / params.bins_per_semitone, total / params.sample_rate, params)
+
+
+def _block_frames(params: FingerprintParams, seconds: float) -> int:
+    """Frames in a block of about `seconds` that starts and ends on whole seconds."""
+    rate = Fraction(params.sample_rate, params.hop)  # frames per second, e.g. 125/2
+    unit = rate.numerator  # frames in `rate.denominator` whole seconds
+    return unit * max(1, round(seconds * rate / unit))
+
+
+def _block_peaks(chunks: Iterable[np.ndarray], params: FingerprintParams,
+                 block: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(peak frames, peak bins, samples read so far) per block of `block` frames."""
+    n, hop, ctx = params.n_fft, params.hop, params.peak_time_radius + 1
+    buf, buf_start, total, start = np.zeros(0, np.float32), 0, 0, 0  # buf holds samples from buf_start on
+    source, done = iter(chunks), False
+    while True:
+        need = (start + block + ctx - 1) * hop + n  # samples up to the last context frame after the block
+        parts = [buf]
+        have = buf_start + buf.size
+        while not done and have < need:
+            x = next(source, None)
+            if x is None:
+                done = True
+            else:
+                parts.append(np.asarray(x, np.float32).ravel())
+                total += parts[-1].size
+                have += parts[-1].size
+        buf = np.concatenate(parts) if len(parts) > 1 else buf
+        if done:
+            length = max(total, n)  # shorter than one frame: zero-padded to one, as log_spectrogram does
+            if buf_start + buf.size < length:
+                buf = np.pad(buf, (0, length - buf_start - buf.size))
+            frames = 1 + (length - n) // hop
+            end, last = min(start + block, frames), frames
+        else:
+            end = start + block
+            last = end + ctx
+        first = max(start - ctx, 0)
+        seg = buf[first * hop - buf_start:(last - 1) * hop + n - buf_start]
+        spec, loud = log_spectrogram(seg, params)
+        pt, pf = find_peaks(spec, loud, params, offset=first, rows=(start - first, end - first))
+        yield pt, pf, total
+        if done and end >= frames:
+            return
+        start = end
+        keep = max(start - ctx, 0) * hop
+        buf, buf_start = buf[keep - buf_start:], keep
 
 
 @functools.lru_cache(maxsize=8)
@@ -147,7 +260,7 @@ def log_spectrogram(x: np.ndarray, params: FingerprintParams) -> tuple[np.ndarra
     fb = _log_filterbank(params)
     spec = np.empty((n_frames, fb.shape[1]), dtype=np.float32)
     loud = np.empty(n_frames, dtype=np.float32)
-    chunk = 2048
+    chunk = 512
     for s in range(0, n_frames, chunk):  # chunks bound the memory of long files
         fr = frames[s:s + chunk]
         loud[s:s + chunk] = 10 * np.log10(np.mean(fr * fr, axis=1) + 1e-12)
@@ -182,8 +295,12 @@ def _box_mean(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
     return ((hi - lo) / (2 * radius + 1)).astype(np.float32)
 
 
-def find_peaks(spec: np.ndarray, loud: np.ndarray, params: FingerprintParams) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral peaks as (frame, log-bin) with sub-bin precision, strongest first per second."""
+def find_peaks(spec: np.ndarray, loud: np.ndarray, params: FingerprintParams, *, offset: int = 0,
+               rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Spectral peaks as (frame, log-bin) with sub-bin precision, the strongest per second.
+
+    For one block of a longer recording: row 0 of `spec` is frame `offset`, and only rows in
+    `rows` (lo, hi) may hold peaks (the others are context)."""
     if spec.shape[0] < 3:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     fmax = _max_filter(spec, params.peak_freq_radius, axis=1)
@@ -202,11 +319,13 @@ def find_peaks(spec: np.ndarray, loud: np.ndarray, params: FingerprintParams) ->
     )
     ok[0, :] = ok[-1, :] = False
     ok[:, 0] = ok[:, -1] = False
+    if rows is not None:
+        ok[:rows[0]] = ok[rows[1]:] = False
     ti, fi = np.nonzero(ok)
     if ti.size == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     # Density control: the most prominent `peaks_per_second` in each one-second block.
-    block = (ti / params.frame_rate).astype(np.int64)
+    block = ((ti + offset) / params.frame_rate).astype(np.int64)
     prom = prominence[ti, fi]
     order = np.lexsort((-prom, block))
     b = block[order]
@@ -215,7 +334,7 @@ def find_peaks(spec: np.ndarray, loud: np.ndarray, params: FingerprintParams) ->
     ti, fi = ti[keep], fi[keep]
     # Parabolic interpolation: sub-bin pitch and sub-frame time make the hash quantisation stable.
     fi_f = fi + _parabola(spec[ti, fi - 1], spec[ti, fi], spec[ti, fi + 1])
-    ti_f = ti + _parabola(spec[ti - 1, fi], spec[ti, fi], spec[ti + 1, fi])
+    ti_f = ti + offset + _parabola(spec[ti - 1, fi], spec[ti, fi], spec[ti + 1, fi])
     order = np.argsort(ti_f, kind="stable")
     return ti_f[order].astype(np.float32), fi_f[order].astype(np.float32)
 
