@@ -2,7 +2,9 @@
 
 Every field has a TOML home (`[section] key`) and an environment variable
 (`FIREHOSE_MOD_<FIELD>` in upper case). `load_settings` validates everything at start and
-raises `ConfigError` with a message that names the source and says how to fix it.
+raises `ConfigError` with a message that names the source and says how to fix it. The file is
+--config, else FIREHOSE_MOD_CONFIG, else `config.toml` among systemd's credentials (the unit's
+`LoadCredential=`); an unknown FIREHOSE_MOD_* variable is refused like an unknown TOML key.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class Settings:
     )
     db_synchronous: str = field(
         default="FULL", metadata=_meta("store", "synchronous", "SQLite synchronous: FULL survives power loss")
+    )
+    db_busy_wait: float = field(
+        default=30.0, metadata=_meta("store", "busy_wait",
+                                     "seconds an operator command waits for another process's write lock"
+                                     " (the daemon waits as long as it takes)")
     )
     stream_send_timeout: float = field(
         default=10.0,
@@ -136,7 +143,9 @@ class Settings:
         default=60, metadata=_meta("audd", "max_units_per_track", "cost cap: chunks per track at most")
     )
     log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
-    log_format: str = field(default="json", metadata=_meta("log", "format", "json (for journald) or console"))
+    log_format: str = field(
+        default="auto", metadata=_meta("log", "format", "auto (console on a terminal, else JSON), json or console")
+    )
 
     @property
     def db_path(self) -> Path:
@@ -194,7 +203,8 @@ def load_settings(
 ) -> Settings:
     """Build and validate Settings from the TOML file, the environment and explicit overrides."""
     env = os.environ if env is None else env
-    config_file = config_file or (Path(env[env_name("config")]) if env.get(env_name("config")) else None)
+    _check_env_names(env)
+    config_file = config_file or _default_config_file(env)
     values: dict[str, Any] = {}
     by_place = {(f.metadata["section"], f.metadata["key"]): f for f in fields(Settings)}
     if config_file is not None:
@@ -227,6 +237,25 @@ def load_settings(
     return settings
 
 
+def _default_config_file(env: Mapping[str, str]) -> Path | None:
+    """FIREHOSE_MOD_CONFIG, else config.toml in systemd's $CREDENTIALS_DIRECTORY (the unit's LoadCredential=)."""
+    if env.get(env_name("config")):
+        return Path(env[env_name("config")])
+    credential = Path(env.get("CREDENTIALS_DIRECTORY") or "/nonexistent") / "config.toml"
+    return credential if credential.is_file() else None
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A FIREHOSE_MOD_* variable that names no setting is a typo: refuse it, naming the closest one."""
+    import difflib
+
+    known = {env_name(f.name) for f in fields(Settings)} | {env_name("config")}
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name[len(ENV_PREFIX):], [k[len(ENV_PREFIX):] for k in known], n=1)
+        hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "see config/example.toml for the settings"
+        raise ConfigError(f"unknown environment variable {name}: {hint}")
+
+
 def validate(s: Settings) -> None:
     """Raise ConfigError for values that cannot work, saying how to fix them."""
 
@@ -237,8 +266,12 @@ def validate(s: Settings) -> None:
 
     if not 0 <= s.port <= 65535:
         raise bad("port", f"{s.port} is not a TCP port (0-65535)")
-    if not s.did.startswith(("did:plc:", "did:web:")):
-        raise bad("did", f"{s.did!r} is not a did:plc or did:web DID (e.g. did:plc:abc123 or did:web:labeler.example)")
+    from firehose_mod.syntax import IdentifierError, check_did
+
+    try:
+        check_did(s.did, what="the labeler DID")
+    except IdentifierError as exc:
+        raise bad("did", str(exc)) from None
     if s.key_curve not in ("secp256k1", "p256"):
         raise bad("key_curve", f"{s.key_curve!r}: use secp256k1 (the atproto default) or p256")
     if s.db_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -251,8 +284,8 @@ def validate(s: Settings) -> None:
             raise bad(name, "must be at least 1")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise bad("log_level", f"{s.log_level!r}: use debug, info, warning or error")
-    if s.log_format not in ("json", "console"):
-        raise bad("log_format", f"{s.log_format!r}: use json or console")
+    if s.log_format not in ("auto", "json", "console"):
+        raise bad("log_format", f"{s.log_format!r}: use auto, json or console")
     if s.public_url and not s.public_url.startswith(("https://", "http://")):
         raise bad("public_url", f"{s.public_url!r} must start with https://")
     if s.ingest_source not in ("jetstream", "firehose", "none"):

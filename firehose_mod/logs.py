@@ -1,6 +1,7 @@
-"""structlog set-up: JSON lines on stderr (journald keeps them), or a console renderer.
+"""structlog set-up: logs go to stderr only, so they never mix with a command's output on stdout.
 
-The standard library's loggers (websockets, aiosqlite) go through the same renderer.
+`auto` (the default) renders for a person on a terminal and as JSON lines elsewhere (journald,
+a pipe, a file). The standard library's loggers (websockets, aiosqlite) go through the same renderer.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ _SHARED = [
 ]
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info, renderer]
+        # dict_tracebacks: an exception's frames as fields (file, line, function), not one string.
+        processors=[*_SHARED, structlog.processors.dict_tracebacks, renderer]
         if fmt == "json"
         else [*_SHARED, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

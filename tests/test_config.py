@@ -32,7 +32,7 @@ def test_example_config_is_valid_and_environment_wins(tmp_path):
         ("[store]\nsynchronous = 'OFF'\n", {}, "NORMAL may lose labels"),
         ("port = 1\n", {}, "unknown top-level setting 'port'"),
         ("[server\n", {}, "not valid TOML"),
-        ("", {"FIREHOSE_MOD_DID": "did:example:x"}, "not a did:plc or did:web"),
+        ("", {"FIREHOSE_MOD_DID": "did:example:x"}, "'did:example:x' is not a valid DID: expected did:plc:"),
         ("[ingest]\nverify_commits = true\n", {}, "Jetstream does not forward commit signatures"),
     ],
 )
@@ -58,3 +58,21 @@ def test_example_config_documents_every_setting():
     undocumented = [f"[{f.metadata['section']}] {f.metadata['key']}" for f in fields(Settings)
                     if f"{f.metadata['key']} =" not in text]
     assert undocumented == []
+
+
+def test_a_misspelled_environment_variable_names_the_closest_setting():
+    with pytest.raises(ConfigError, match="unknown environment variable FIREHOSE_MOD_DATADIR: did you mean "
+                                          "FIREHOSE_MOD_DATA_DIR"):
+        load_settings(env={"FIREHOSE_MOD_DATADIR": "/srv/labeler"})
+    with pytest.raises(ConfigError, match="FIREHOSE_MOD_NONSENSE_ENTIRELY: see config/example.toml"):
+        load_settings(env={"FIREHOSE_MOD_NONSENSE_ENTIRELY": "1"})
+
+
+def test_the_systemd_credential_is_the_config_file_unless_one_is_named(tmp_path):
+    (tmp_path / "config.toml").write_text('[labeler]\ndid = "did:web:from-credential.example"\n')
+    assert load_settings(env={"CREDENTIALS_DIRECTORY": str(tmp_path)}).did == "did:web:from-credential.example"
+    named = tmp_path / "named.toml"
+    named.write_text('[labeler]\ndid = "did:web:named.example"\n')
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path), "FIREHOSE_MOD_CONFIG": str(named)}
+    assert load_settings(env=env).did == "did:web:named.example"
+    assert load_settings(env={"CREDENTIALS_DIRECTORY": str(tmp_path / "empty")}).did == "did:web:localhost"

@@ -21,7 +21,7 @@ async def test_kill_9_then_restart_replays_every_acknowledged_label(tmp_path):
     data = tmp_path / "var"
     port = free_port()
     env = env_for(data, port)
-    did_key = run_cli("key", "show", env=env).stdout.strip()
+    did_key = run_cli("key", "create", env=env).stdout.strip()
     server = start_server(env, port)
     writer = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.emit_forever", str(data)],

@@ -17,8 +17,8 @@ from tests.procs import env_for, run_cli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-COPY = "at://did:plc:uploader/fm.plyr.track/3kcopy"
-OTHER = "at://did:plc:uploader/fm.plyr.track/3kother"
+COPY = "at://did:plc:uploaderaaaaaaaaaaaaaaaa/fm.plyr.track/3kcopy"
+OTHER = "at://did:plc:uploaderaaaaaaaaaaaaaaaa/fm.plyr.track/3kother"
 
 
 def rescan(env, *args) -> tuple[list[dict], dict]:
@@ -45,7 +45,7 @@ async def test_catalogue_add_rescan_apply_idempotent_remove_and_threshold_change
     media.files["/other.mp3"] = (other.read_bytes(), "audio/mpeg")
     with media:
         store = await IngestStore.open(settings.db_path)
-        events = [TrackEvent("did:plc:uploader", "fm.plyr.track", uri.rsplit("/", 1)[1], "create",
+        events = [TrackEvent("did:plc:uploaderaaaaaaaaaaaaaaaa", "fm.plyr.track", uri.rsplit("/", 1)[1], "create",
                              real_cid(uri.encode()), track_record("Mine", audioUrl=f"{media.base}/{name}"), 1,
                              "3kaaaaaaaaaa2", "jetstream")
                   for uri, name in ((COPY, "copy.mp3"), (OTHER, "other.mp3"))]

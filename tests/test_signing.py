@@ -92,5 +92,6 @@ def test_key_file_is_private_and_reloads_the_same_key(tmp_path):
 def test_broken_key_file_says_how_to_fix_it(tmp_path):
     path = tmp_path / "signing.key"
     path.write_text("not json")
+    path.chmod(0o600)
     with pytest.raises(ValueError, match="move a broken file away"):
         SigningKey.load(path)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import anyio
+import structlog
 
 from firehose_mod import __version__
 from firehose_mod.config import ConfigError, load_settings
-from firehose_mod.labels.model import LabelError
-from firehose_mod.labels.signing import KeyError_
 from firehose_mod.logs import configure_logging
-from firehose_mod.store.db import SchemaError
 
 DESCRIPTION = """\
 firehose-mod: a moderation labeler for plyr.fm on ATProto.
@@ -32,11 +31,29 @@ examples:
   firehose-mod run                                     the daemon: ingest + scan + label server
   firehose-mod serve                                   the label server alone
   firehose-mod key show                                the did:key for your DID document
+  firehose-mod status --config /etc/firehose-mod/config.toml   global options go before or after the command
   firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn
   firehose-mod label emit at://did:plc:x/fm.plyr.track/3k porn --neg
   firehose-mod label tail --cursor 0                   replay everything, then follow
   firehose-mod status                                  head seq and each subscriber's lag
 """
+
+
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--config", type=Path, default=default, help="TOML config file (also FIREHOSE_MOD_CONFIG)")
+    p.add_argument("--data-dir", type=Path, default=default,
+                   help="state directory (default ./var; FIREHOSE_MOD_DATA_DIR)")
+    p.add_argument("--log-level", default=default, help="debug, info, warning or error")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default=default,
+                   help="log format on stderr (default auto: console on a terminal, else JSON)")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: the global options work after the command too (`status --config x.toml`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _global_options(self, argparse.SUPPRESS)  # SUPPRESS: an option given before the command stays
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"firehose-mod {__version__}")
-    p.add_argument("--config", type=Path, help="TOML config file (also FIREHOSE_MOD_CONFIG)")
-    p.add_argument("--data-dir", type=Path, help="state directory (default ./var; FIREHOSE_MOD_DATA_DIR)")
-    p.add_argument("--log-level", help="debug, info, warning or error")
-    p.add_argument("--log-format", choices=["json", "console"], help="log format (default json)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global_options(p, None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     run = sub.add_parser("run", help="the daemon: ingest from the network, scan workers and the label server")
     serve = sub.add_parser("serve", help="the label server only (subscribeLabels, queryLabels, metrics)")
@@ -59,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", choices=["jetstream", "firehose", "none"], help="ingest source (default jetstream)")
 
     key = sub.add_parser("key", help="the labeler's signing key").add_subparsers(dest="key_command", required=True)
-    show = key.add_parser("show", help="print the public key as did:key (for #atproto_label)")
+    show = key.add_parser("show", help="print the public key as did:key (for #atproto_label); never creates one")
     show.add_argument("--json", action="store_true", help="also print the DID document fragment as JSON")
+    create = key.add_parser("create", help="make the signing key in the data directory (run makes one at first start)")
+    create.add_argument("--json", action="store_true", help="also print the DID document fragment as JSON")
 
     label = sub.add_parser("label", help="write or read labels").add_subparsers(dest="label_command", required=True)
     emit = label.add_parser("emit", help="sign and append one label (or a negation) to the log")
@@ -74,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail = label.add_parser("tail", help="replay the stream from a cursor as JSON lines, then follow it")
     tail.add_argument("--cursor", type=int, help="replay labels after this seq (0 = all; omit = live only)")
     tail.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")
-    tail.add_argument("--no-follow", action="store_true", help="stop once the replay reaches the head")
+    tail.add_argument("--no-follow", action="store_true",
+                      help="stop at the head seq the labeler had when tail connected (its /admin/status; for"
+                           " another labeler, after 2 s without a label)")
 
     backfill = sub.add_parser("backfill", help="queue every fm.plyr.track that already exists (resumable)")
     backfill.add_argument("--relay", help="relay for listReposByCollection (default https://relay1.us-east.bsky.network)")
@@ -151,13 +169,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from firehose_mod.cli.common import CommandError
     from firehose_mod.cli.dispatch import dispatch
+    from firehose_mod.cli.errors import describe, leaves
 
     try:
-        return anyio.run(dispatch, args, settings)
-    except (LabelError, KeyError_, SchemaError, CommandError) as exc:
-        print(f"firehose-mod: {exc}", file=sys.stderr)
+        code = anyio.run(dispatch, args, settings)
+        sys.stdout.flush()
+        return code
+    except Exception as exc:  # noqa: BLE001 (re-raised unless it is one an operator can fix)
+        if any(isinstance(e, BrokenPipeError) for e in leaves(exc)):
+            # The reader went away (`firehose-mod status | head -1`): as the Python docs advise,
+            # point stdout at devnull so the flush at exit does not fail again, and exit 1.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        if (message := describe(exc, settings, args.command)) is None:
+            if args.command in ("run", "serve"):  # the one failure that stops the daemon: say so in its log
+                structlog.get_logger("firehose_mod.daemon").critical(
+                    "daemon.failed", error=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+            raise
+        print(f"firehose-mod: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves(exc)):
+            return 130
+        raise

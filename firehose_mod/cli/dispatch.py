@@ -6,7 +6,7 @@ import argparse
 
 from firehose_mod.cli.common import CommandError
 from firehose_mod.cli.ingest import backfill, dead_letters, replay
-from firehose_mod.cli.labels import key_show, label_emit, label_seq_floor, label_tail, status
+from firehose_mod.cli.labels import key_create, key_show, label_emit, label_seq_floor, label_tail, status
 from firehose_mod.cli.policy import catalogue, explain, rescan, scan
 from firehose_mod.config import Settings
 from firehose_mod.daemon import run_forever, serve_forever
@@ -20,8 +20,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "run":
             await run_forever(settings)
             return 0
-        case "key":
+        case "key" if args.key_command == "show":
             return key_show(settings, args.json)
+        case "key" if args.key_command == "create":
+            return key_create(settings, args.json)
         case "label" if args.label_command == "emit":
             return await label_emit(settings, args)
         case "label" if args.label_command == "tail":

@@ -13,7 +13,10 @@ from firehose_mod.config import Settings
 
 async def backfill(settings: Settings, args: argparse.Namespace) -> int:
     from firehose_mod.ingest.backfill import run_backfill
+    from firehose_mod.syntax import check_did
 
+    for did in args.dids or ():
+        check_did(did, what="--did")
     bar = ProgressLine()
 
     def progress(p) -> None:

@@ -1,4 +1,4 @@
-"""Commands on the key and the label stream: key show, label emit/tail, status."""
+"""Commands on the key and the label stream: key show/create, label emit/tail, status."""
 
 from __future__ import annotations
 
@@ -14,21 +14,45 @@ from websockets.asyncio.client import connect
 
 from firehose_mod.cli.common import CommandError, _base_url, _out
 from firehose_mod.config import Settings
-from firehose_mod.daemon import load_key, open_label_log
+from firehose_mod.daemon import open_label_log
 from firehose_mod.labels.model import Label
+from firehose_mod.labels.signing import SigningKey
 from firehose_mod.server.app import SUBSCRIBE, did_document
+from firehose_mod.syntax import check_subject
 
 
 def key_show(settings: Settings, as_json: bool) -> int:
-    key = load_key(settings)
+    """Print the key's did:key; a missing key is an error (a new one would not match the DID document)."""
+    path = settings.key_path
+    if not path.exists():
+        raise CommandError(
+            f"no signing key at {path} (data directory {settings.data_dir}): wrong --data-dir or"
+            " FIREHOSE_MOD_DATA_DIR? A new labeler's key is created by `firehose-mod key create` or on the"
+            " first `firehose-mod run`"
+        )
+    _print_key(settings, SigningKey.load(path), as_json)
+    return 0
+
+def key_create(settings: Settings, as_json: bool) -> int:
+    path = settings.key_path
+    key, created = SigningKey.load_or_create(path, settings.key_curve)
+    if not created:
+        raise CommandError(f"a signing key already exists at {path} (see: firehose-mod key show); "
+                           "it signs every label: move it away first only if you mean to replace it")
+    print(f"firehose-mod: created {path}; publish its did:key as #atproto_label in {settings.did}'s DID document",
+          file=sys.stderr)
+    _print_key(settings, key, as_json)
+    return 0
+
+def _print_key(settings: Settings, key: SigningKey, as_json: bool) -> None:
     if as_json:
         doc = did_document(settings.did, key.multibase, settings.public_url or settings.endpoint)
         _out(json.dumps({"did_key": key.did_key, "curve": key.curve, "did_document": doc}, indent=2))
     else:
         _out(key.did_key)
-    return 0
 
 async def label_emit(settings: Settings, args: argparse.Namespace) -> int:
+    check_subject(args.uri)
     async with open_label_log(settings) as label_log:
         stored = await label_log.emit(args.uri, args.val, cid=args.cid, neg=args.neg, exp=args.exp)
     if stored is None:
@@ -49,23 +73,33 @@ async def label_seq_floor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def label_tail(settings: Settings, args: argparse.Namespace) -> int:
+    """Print labels after --cursor, then follow; with --no-follow, stop at the head seen on connecting."""
     base = _base_url(settings, args.url)
     ws_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + SUBSCRIBE
     if args.cursor is not None:
         ws_url += f"?cursor={args.cursor}"
+    head = await _head(base) if args.no_follow else None
+    if args.no_follow and head is None:
+        print(f"firehose-mod: {base} does not tell its head seq (/admin/status is for this machine's labeler);"
+              " stopping after 2 s without a label", file=sys.stderr)
     try:
         async with connect(ws_url, max_size=5 * 1024 * 1024, compression=None) as ws:
+            if args.no_follow and (args.cursor is None or args.cursor == head):
+                return 0  # nothing to replay; a cursor past the head gets its FutureCursor below
             while True:
+                # Without a head, 2 s of quiet ends the replay. With one, the quiet only matters when the
+                # head is a seq floor (`label seq-floor`) that no label carries.
+                quiet = None if not args.no_follow else 2 if head is None else 10
                 try:
-                    if args.no_follow:
-                        with anyio.fail_after(2):
-                            frame = await ws.recv()
-                    else:
+                    with anyio.fail_after(quiet):
                         frame = await ws.recv()
                 except TimeoutError:
                     return 0
-                if _print_frame(frame):
+                seq, failed = _print_frame(frame)
+                if failed:
                     return 1
+                if head is not None and seq is not None and seq >= head:
+                    return 0
     except websockets.ConnectionClosed as exc:
         print(f"firehose-mod: stream closed: {exc}", file=sys.stderr)
         return 1
@@ -74,21 +108,31 @@ async def label_tail(settings: Settings, args: argparse.Namespace) -> int:
             f"cannot subscribe to {ws_url}: {exc}. Is `firehose-mod serve` running there? Pass --url for another labeler"
         ) from None
 
-def _print_frame(frame: bytes | str) -> bool:
-    """Print one stream frame; True when it was an error frame (the stream ends)."""
+async def _head(base: str) -> int | None:
+    """The labeler's head seq from /admin/status (this machine's labeler), or None."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(base + "/admin/status")
+        response.raise_for_status()
+        return int(response.json()["head"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+def _print_frame(frame: bytes | str) -> tuple[int | None, bool]:
+    """Print one stream frame: (its seq if it carried labels, True if it was an error frame)."""
     if isinstance(frame, str):
         print(f"firehose-mod: ignoring a text frame (not the event-stream format): {frame[:80]!r}", file=sys.stderr)
-        return False
+        return None, False
     header, body = libipld.decode_dag_cbor_multi(frame)
     if header.get("op") == -1:
         print(f"firehose-mod: error frame: {body.get('error')}: {body.get('message', '')}", file=sys.stderr)
-        return True
+        return None, True
     if header.get("t") == "#labels":
         for d in body["labels"]:
             _out(json.dumps({"seq": body["seq"], "label": Label.from_wire(d).to_json()}))
-    else:
-        print(f"firehose-mod: {header.get('t')}: {json.dumps(body, default=str)}", file=sys.stderr)
-    return False
+        return body["seq"], False
+    print(f"firehose-mod: {header.get('t')}: {json.dumps(body, default=str)}", file=sys.stderr)
+    return None, False
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
     base = _base_url(settings, args.url)

@@ -9,6 +9,7 @@ import sys
 from firehose_mod.cli.common import CommandError, ProgressLine, _out
 from firehose_mod.config import Settings
 from firehose_mod.daemon import open_label_log
+from firehose_mod.syntax import check_at_uri, check_subject
 
 
 async def scan(settings: Settings, args: argparse.Namespace) -> int:
@@ -17,6 +18,9 @@ async def scan(settings: Settings, args: argparse.Namespace) -> int:
     from firehose_mod.scan.cover import BlocklistError
     from firehose_mod.scan.policy import PolicyError
 
+    for target in args.targets:
+        if target.startswith("at://"):
+            check_at_uri(target, record=True, what="target")
     bar = ProgressLine()
 
     def show(result) -> None:
@@ -37,6 +41,7 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
     from firehose_mod.ops.explain import explain as run_explain
     from firehose_mod.store.decisions import DecisionStore
 
+    check_subject(args.subject)
     if not settings.db_path.exists():
         raise CommandError(f"no database at {settings.db_path}: nothing labelled or scanned yet")
     async with open_label_log(settings) as label_log:
@@ -69,6 +74,10 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError(f"--since: {exc}") from None
     else:
         since = None
+    for uri in args.uri or ():
+        check_at_uri(uri, record=True, what="--uri")
+    if not settings.db_path.exists():
+        raise CommandError(f"no database at {settings.db_path}: no tracks stored yet (wrong --data-dir?)")
     report = RescanReport(applied=args.apply)
     bar = ProgressLine()
     async with open_label_log(settings) as label_log, open_engine(settings, label_log) as engine:
@@ -76,6 +85,9 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
             engine.catalogue.scanner().index_uploads = args.apply  # a dry run writes nothing, not even the index
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         try:
+            if args.uri and (missing := await _unknown_tracks(store, args.uri)):
+                raise CommandError(f"no stored track {missing[0]} (of {len(missing)} --uri not stored): rescan"
+                                   " re-checks tracks ingest has seen; see `firehose-mod explain URI`")
             async for change in run_rescan(settings, engine, store, uris=args.uri, since=since,
                                            scanner=args.scanner, apply=args.apply, rate=args.rate, report=report,
                                            progress=lambda r: bar.show(0.0, f"checked {r.checked}, changed {r.changed}")):
@@ -104,6 +116,10 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
              + ("" if args.apply or not report.changed else "; run again with --apply to write this"))
     return 0
 
+async def _unknown_tracks(store, uris: list[str]) -> list[str]:
+    known = {uri for uri, _cid, _record in await store.tracks_page("", len(uris) + 1, uris=uris)}
+    return [u for u in uris if u not in known]
+
 async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
     from firehose_mod.scan import copyright as cr
     from firehose_mod.scan.fingerprint import FingerprintIndex
@@ -131,7 +147,8 @@ async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
                     for p, why in report.skipped[:20] + report.failed[:20]:
                         _out(f"  {p}: {why}")
                     if report.added:
-                        _out("new uploads are checked against them now; to check earlier ones, replay: firehose-mod replay --cursor T")
+                        _out("new uploads are checked against them now; to check stored ones: firehose-mod rescan --all"
+                             " (then --apply)")
                 return 1 if report.failed else 0
             case "list":
                 refs = await store.list(kind=args.kind)

@@ -7,8 +7,10 @@ under the `#atproto_label` verification method of the labeler's DID document.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +50,21 @@ class SigningKey:
 
     @classmethod
     def from_hex(cls, hex_key: str, curve: str = "secp256k1") -> SigningKey:
+        """The key whose 32-byte scalar is `hex_key`: exactly 64 hex digits, no `0x`."""
         if curve not in CURVES:
             raise KeyError_(f"unknown curve {curve!r}; use one of {sorted(CURVES)}")
-        try:
-            secret = int(hex_key.strip(), 16)
-            return cls(curve, ec.derive_private_key(secret, CURVES[curve][0]))
-        except ValueError as exc:
-            raise KeyError_("private key must be 64 hex characters (a 32-byte scalar)") from exc
+        if not isinstance(hex_key, str):
+            kind = "a JSON number" if isinstance(hex_key, (int, float)) else type(hex_key).__name__
+            raise KeyError_(f"private_key_hex is {kind}: it must be a string of 64 hex characters, in quotes")
+        digits = hex_key.strip()
+        if digits[:2].lower() == "0x":
+            raise KeyError_("private_key_hex must be 64 hex characters without 0x (a 32-byte scalar)")
+        if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise KeyError_(f"private_key_hex must be 64 hex characters (a 32-byte scalar), not {len(digits)}")
+        secret = int(digits, 16)
+        if not 0 < secret < CURVES[curve][1]:
+            raise KeyError_(f"private_key_hex is out of range for {curve} (zero, or not below the group order)")
+        return cls(curve, ec.derive_private_key(secret, CURVES[curve][0]))
 
     def private_hex(self) -> str:
         return f"{self.private.private_numbers().private_value:064x}"
@@ -96,24 +106,53 @@ class SigningKey:
 
     # -- the key file ---------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write the key file with mode 0600 (created that way, never world-readable)."""
+        """Write the key file, mode 0600, durably: the file and its directory entry are fsynced.
+
+        The key is written to a temporary file and linked into place, so `path` is never partial
+        and never replaced: FileExistsError if another process saved a key there first.
+        """
+        if path.parent.exists() and not path.parent.is_dir():  # else mkdir's FileExistsError reads as a race
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"curve": self.curve, "private_key_hex": self.private_hex()}) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        try:
+            _fsync_dir(path.parent)
+        except OSError:
+            path.unlink(missing_ok=True)  # not known to be on disk: never sign with it
+            raise
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
+        """The key in `path`, a file only its owner may read."""
+        form = 'JSON {"curve": "secp256k1", "private_key_hex": "<64 hex digits>"}'
         try:
-            data = json.loads(path.read_text())
-            return cls.from_hex(data["private_key_hex"], data.get("curve", "secp256k1"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            mode = path.stat().st_mode & 0o777
+            text = path.read_text()
+        except OSError as exc:
+            raise KeyError_(f"cannot read signing key {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise KeyError_(f"signing key {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")
+        try:
+            data = json.loads(text)
+            hex_key, curve = data["private_key_hex"], data.get("curve", "secp256k1")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyError_(
-                f"cannot read signing key {path}: {exc}. The file holds JSON "
-                '{"curve": "secp256k1", "private_key_hex": "<64 hex>"}; move a broken file away to '
+                f"cannot read signing key {path}: {exc!r}. The file holds {form}; move a broken file away to "
                 "generate a new key (labels signed by the old key then need re-signing)"
-            ) from exc
+            ) from None
+        try:
+            return cls.from_hex(hex_key, curve)
+        except KeyError_ as exc:
+            raise KeyError_(f"cannot use signing key {path}: {exc} (the file holds {form})") from None
 
     @classmethod
     def load_or_create(cls, path: Path, curve: str = "secp256k1") -> tuple[SigningKey, bool]:
@@ -125,7 +164,17 @@ class SigningKey:
             key.save(path)
         except FileExistsError:  # another process created it first: use theirs
             return cls.load(path), False
+        except OSError as exc:
+            raise KeyError_(f"cannot write signing key {path}: {exc.strerror or exc}") from exc
         return key, True
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def public_did_key(curve: str, public: ec.EllipticCurvePublicKey) -> str:
