@@ -3,7 +3,7 @@
 
 Usage:
     python3 bench/populate_ours.py --data-dir bench/results/data/ours-100000 --n 100000 \
-        [--batch 1000] [--accounts 25000] [--did did:plc:oursbenchlabeler00000] [--synchronous NORMAL]
+        [--batch 1000] [--accounts 25000] [--did did:plc:oursbenchlabelerzzzzzzzz] [--synchronous NORMAL]
 
 Labels go through `LabelLog.emit_many([EmitRequest(uri, val), ...])` in batches of `--batch`
 (one transaction each), so every row is exactly what the daemon would write: signed with the
@@ -38,7 +38,7 @@ from firehose_mod.store.label_log import EmitRequest
 
 VALS = ["spam", "porn", "sexual", "nudity", "gore", "!hide", "!warn", "rude"]
 B32 = "abcdefghijklmnopqrstuvwxyz234567"
-DEFAULT_DID = "did:plc:oursbenchlabeler00000"
+DEFAULT_DID = "did:plc:oursbenchlabelerzzzzzzzz"
 DEFAULT_ACCOUNTS = 25000
 
 

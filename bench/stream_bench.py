@@ -45,7 +45,7 @@ DATA = RESULTS / "data"
 SKYWARE = BENCH / "skyware"
 SUBSCRIBE = "/xrpc/com.atproto.label.subscribeLabels"
 QUERY = "/xrpc/com.atproto.label.queryLabels"
-OURS_DID = "did:plc:oursbenchlabeler00000"
+OURS_DID = "did:plc:oursbenchlabelerzzzzzzzz"
 SKYWARE_DID = "did:plc:skywarebenchlabeler0000"
 ACCOUNTS = 25000
 
