@@ -263,12 +263,12 @@ async def _run_ours(source, expect_frames: int, db_dir: Path, store_factory):
         # pipeline.stats["frames"] counts frames handed to the sink; what follows in the sink is
         # synchronous unless it commits a full batch, which flush() below waits for (its lock).
         while pipeline.stats["frames"] < expect_frames:
-            if source.stats["reconnects"]:
+            if source.stats.reconnects:
                 raise RuntimeError(f"the source reconnected: {source.stats}")
             await anyio.sleep(0.005)
         await pipeline.flush()  # the last partial batch and the last cursor, as run_flusher would
         tg.cancel_scope.cancel()
-    result = meter.done(source.stats["frames"])
+    result = meter.done(source.stats.frames)
     counts = await store.counts()
     cursor = await store.cursor(source.name)
     async with store._db.execute("SELECT count(*) FROM repo_events") as cur:
@@ -276,7 +276,7 @@ async def _run_ours(source, expect_frames: int, db_dir: Path, store_factory):
     async with store._db.execute("SELECT count(*) FROM scan_jobs") as cur:
         jobs = (await cur.fetchone())[0]
     await store.close()
-    result.update({"source_stats": dict(source.stats), "pipeline_stats": dict(pipeline.stats), "queue": counts,
+    result.update({"source_stats": source.stats.as_dict(), "pipeline_stats": dict(pipeline.stats), "queue": counts,
                    "scan_jobs": jobs, "repo_events": repo_events, "committed_cursor": cursor,
                    "db_bytes": sum(f.stat().st_size for f in db_dir.iterdir())})
     return result

@@ -15,6 +15,7 @@ from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.firehose import MAX_FRAME_BYTES, SOURCE, FirehoseSource, decode_firehose_frame
 from firehose_mod.ingest.reconnect import Backoff
 from tests.fakes.car import block, cid_for, make_car
+from tests.fakes.ingest import collect
 from tests.fakes.relay import (
     FakeRelay, Fault, account_frame, commit_frame, error_frame, garbage_frame, identity_frame, info_frame,
     sync_frame,
@@ -206,21 +207,6 @@ def make_source(*endpoints: str, read_timeout: float = 2.0, watched_dids: set[st
                           backoff=Backoff(base=0.01, cap=0.05), watched_dids=watched_dids)
 
 
-async def collect(source: FirehoseSource, start_cursor: int | None, until, *, on_frame=None) -> list[Decoded]:
-    """Run the source until `until(received)` is true; returns every Decoded handed to the sink."""
-    received: list[Decoded] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            async def sink(decoded: Decoded) -> None:
-                received.append(decoded)
-                if on_frame is not None:
-                    await on_frame(decoded, tg)
-                if until(received):
-                    tg.cancel_scope.cancel()
-            tg.start_soon(source.run, sink, start_cursor)
-    return received
-
-
 def cursors(received: list[Decoded]) -> list[int]:
     return [d.cursor for d in received if d.cursor is not None]
 
@@ -239,7 +225,7 @@ async def test_events_arrive_in_order_with_their_cursors():
     assert [e.rkey for d in got for e in d.events] == ["3k0001", "3k0002", "3k0005"]
     assert all(e.cursor == d.cursor for d in got for e in d.events)
     assert relay.requests == [0]
-    assert source.stats["frames"] == 5 and source.stats["reconnects"] == 0 and source.stats["bytes"] == sum(map(len, frames))
+    assert source.stats.frames == 5 and source.stats.reconnects == 0 and source.stats.bytes == sum(map(len, frames))
     assert source.cursor == 5
 
 
@@ -272,7 +258,7 @@ async def test_resumes_from_the_last_seq_without_loss_or_repeat(fault):
         got = await collect(source, 0, upto(6), on_frame=on_frame)
         assert cursors(got) == [1, 2, 3, 4, 5, 6]
         assert [e.rkey for d in got for e in d.events] == [f"3k{s:04d}" for s in range(1, 7)]
-        assert relay.requests == [0, 3] and source.stats["reconnects"] == 1
+        assert relay.requests == [0, 3] and source.stats.reconnects == 1
 
         # The caller saved seq 6 with its batch; a new process resumes from it and gets only what is new.
         relay.publish(*commits([7, 8]))
@@ -286,7 +272,7 @@ async def test_garbage_frame_is_a_dead_letter_and_the_stream_continues():
         got = await collect(source, 0, upto(3))
     assert [d.cursor for d in got] == [1, 2, None, 3]
     assert [x.reason for x in got[2].dead] == ["malformed_cbor"]
-    assert source.stats["dead"] == 1 and source.stats["reconnects"] == 0
+    assert source.stats.dead == 1 and source.stats.reconnects == 0
 
 
 async def test_fails_over_to_the_next_endpoint_when_the_first_refuses():
@@ -297,7 +283,7 @@ async def test_fails_over_to_the_next_endpoint_when_the_first_refuses():
         source = make_source(dead, relay.url)
         got = await collect(source, 0, upto(2))
     assert cursors(got) == [1, 2] and relay.requests == [0]
-    assert source.stats["reconnects"] == 1 and source.endpoint_index == 1
+    assert source.stats.reconnects == 1 and source.endpoint == source.endpoints[1]
 
 
 async def test_error_frame_reaches_the_sink_then_the_source_reconnects():
@@ -305,7 +291,7 @@ async def test_error_frame_reaches_the_sink_then_the_source_reconnects():
         source = make_source(relay.url)
         got = await collect(source, 10, lambda r: len(r) >= 2)
     assert [x.reason for d in got for x in d.dead] == ["error_frame", "error_frame"]
-    assert relay.requests[:2] == [10, 10] and source.stats["reconnects"] >= 1
+    assert relay.requests[:2] == [10, 10] and source.stats.reconnects >= 1
 
 
 async def test_dids_added_to_the_watched_set_while_running_are_honoured():

@@ -283,8 +283,8 @@ async def test_source_turns_bad_commits_into_dead_letters_and_moves_on(plc, clie
         ("bad_signature", n, f"at://{DID}/{TRACK}/3k{n:04d}") for n in (2, 3, 4)]
     assert "signed tree" in dead[0].detail and "does not verify" in dead[1].detail
     assert source.cursor == 6
-    assert source.stats["verified"] == 2 and source.stats["bad_signature"] == 3 and source.stats["unverified"] == 0
-    assert source.stats["events"] == 2 and source.stats["dead"] == 3
+    assert source.stats.verified == 2 and source.stats.bad_signature == 3 and source.stats.unverified == 0
+    assert source.stats.events == 2 and source.stats.dead == 3
     # one key fetch, one refetch per signature failure on a cached key; the tampered record needs none
     assert plc.fetches == 3
 
@@ -295,7 +295,7 @@ async def test_source_without_a_verifier_passes_everything(client):
         source = make_source(relay.url, None)
         got = await run_source(source, relay, 2)
     assert [e.rkey for d in got for e in d.events] == ["3k0001", "3k0002"]
-    assert source.stats["verified"] == 0 and source.stats["unverified"] == 0
+    assert source.stats.verified == 0 and source.stats.unverified == 0
 
 
 @pytest.mark.anyio
@@ -306,7 +306,7 @@ async def test_source_passes_events_through_unverified_when_plc_is_down(client):
         got = await run_source(source, relay, 2)
     events = [e for d in got for e in d.events]
     assert [e.rkey for e in events] == ["3k0001", "3k0002"] and all(isinstance(e, TrackEvent) for e in events)
-    assert source.stats["unverified"] == 2 and source.stats["dead"] == 0 and source.cursor == 2
+    assert source.stats.unverified == 2 and source.stats.dead == 0 and source.cursor == 2
 
 
 @pytest.mark.anyio
@@ -320,4 +320,4 @@ async def test_source_follows_a_key_rotation(plc, client):
         relay.frames.append(create(2, new_key))
         got = await run_source(source, relay, 2, start=source.cursor)
     assert [e.rkey for d in got for e in d.events] == ["3k0002"]
-    assert source.stats["verified"] == 2 and verifier.stats["rotations"] == 1
+    assert source.stats.verified == 2 and verifier.stats["rotations"] == 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import random
 import socket
+from dataclasses import replace
 
 import anyio
 import pytest
@@ -12,28 +12,15 @@ from firehose_mod.ingest.events import TrackEvent
 from firehose_mod.ingest.filters import Collections
 from firehose_mod.ingest.jetstream import JetstreamSource
 from firehose_mod.ingest.pipeline import IngestPipeline
-from firehose_mod.ingest.reconnect import Backoff
+from firehose_mod.scan.registry import open_engine
 from firehose_mod.scan.worker import ScanWorkers
 from firehose_mod.store.ingest import IngestStore
 
-from tests.fakes.jetstream import T0, FakeJetstream, Faults, commit, other_commit, track_record
+from tests.fakes.ingest import fast_backoff, queued_uris, run_until
+from tests.fakes.jetstream import FakeJetstream, Faults, commit, network, track_record
 
 pytestmark = pytest.mark.anyio
 TRACKS = Collections.parse(["fm.plyr.track"])
-
-
-def network(n_tracks: int, noise_per_track: int = 20, seed: int = 7) -> list[dict]:
-    """Realistic mixed traffic: mostly posts and likes, now and then a plyr.fm track."""
-    rng = random.Random(seed)
-    events, t = [], T0
-    for i in range(n_tracks):
-        for _ in range(noise_per_track):
-            t += rng.randrange(50, 400)
-            events.append(other_commit(t, rng))
-        t += 100
-        events.append(commit(t, f"did:plc:artist{i % 7}", "fm.plyr.track", f"3ktrack{i:05d}", "create",
-                             track_record(f"Track {i}")))
-    return events
 
 
 @pytest.fixture
@@ -41,25 +28,6 @@ async def store(settings):
     s = await IngestStore.open(settings.db_path)
     yield s
     await s.close()
-
-
-async def queued_uris(store: IngestStore) -> list[str]:
-    async with store._db.execute("SELECT uri FROM scan_jobs ORDER BY id") as cur:
-        return [r[0] for r in await cur.fetchall()]
-
-
-async def run_until(source, pipeline, start, predicate, timeout=15):
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.run_flusher)
-        tg.start_soon(source.run, pipeline.sink, start)
-        with anyio.fail_after(timeout):
-            while not await predicate():
-                await anyio.sleep(0.02)
-        tg.cancel_scope.cancel()
-
-
-def fast_backoff() -> Backoff:
-    return Backoff(base=0.01, cap=0.05)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -133,7 +101,7 @@ async def test_server_restart_and_failover_to_a_second_endpoint(store):
         await run_until(source, pipeline, None, done)
         tg.cancel_scope.cancel()
     dead_port.close()
-    assert source.stats["reconnects"] >= 1 and len(await queued_uris(store)) == 10
+    assert source.stats.reconnects >= 1 and len(await queued_uris(store)) == 10
 
 
 async def test_restart_resumes_from_the_saved_cursor_minus_the_margin(store):
@@ -150,7 +118,7 @@ async def test_restart_resumes_from_the_saved_cursor_minus_the_margin(store):
         await run_until(first, p1, None, ten)
         saved = await store.cursor("jetstream")
         fake.append(commit(events[-1]["time_us"] + 10, "did:plc:late", "fm.plyr.track", "3klate", "create", track_record("Late")))
-        second = JetstreamSource([fake.url], TRACKS, backoff=fast_backoff(), margin_us=1_000)
+        second = JetstreamSource([fake.url], TRACKS, backoff=fast_backoff(), rewind=1_000)
         p2 = IngestPipeline(store, second.name, max_delay=0.05)
 
         async def eleven():
@@ -184,14 +152,15 @@ async def test_update_only_when_the_cid_changes_and_old_events_never_win(store):
     assert await store.cursor("jetstream") == 4
 
 
-async def test_delete_negates_labels_in_force_through_the_worker(store, label_log):
+async def test_delete_negates_labels_in_force_through_the_worker(settings, store, label_log):
     uri = "at://did:plc:a/fm.plyr.track/3kone"
     await store.commit("jetstream", 1, [ev("create", "bafy1", "3k0001", track_record("x"))])
     await label_log.emit(uri, "copyright-violation")
     await label_log.emit(uri, "sexual")
     await store.commit("jetstream", 2, [ev("delete", None, "3k0002")])
-    workers = ScanWorkers(store, label_log, idle_poll=0.02)
-    async with anyio.create_task_group() as tg:
+    async with open_engine(replace(settings, scanners=("self-labels",)), label_log) as scanning, \
+            anyio.create_task_group() as tg:
+        workers = ScanWorkers(store, scanning.engine, idle_poll=0.02)
         tg.start_soon(workers.run)
         with anyio.fail_after(5):
             while (await store.counts())["done"] < 2:

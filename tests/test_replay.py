@@ -14,8 +14,8 @@ from firehose_mod.ingest.reconnect import Backoff
 from firehose_mod.ingest.replay import run_replay
 from firehose_mod.store.ingest import IngestStore
 
-from tests.fakes.jetstream import FakeJetstream
-from tests.test_ingest import network, run_until
+from tests.fakes.ingest import run_until
+from tests.fakes.jetstream import FakeJetstream, network
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ import httpx
 import structlog
 
 from firehose_mod.config import Settings
-from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter
+from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded
 from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.ingest.records import (
     SOURCE,
@@ -168,10 +168,9 @@ class _Run:
             except Exception as exc:  # upstream data that slipped past the checks: this repo fails, not the run
                 log.exception("backfill.decode_crashed", did=did, pds=pds)
                 raise FetchError(f"cannot decode listRecords page from {pds}: {type(exc).__name__}: {exc}"[:500])
-            dead = await self._new_dead_letters(page.dead)
             before = dict(pipeline.stats)
-            if page.events or dead:
-                await pipeline.sink(Decoded(events=list(page.events), dead=dead))
+            if page.events or page.dead:  # a letter kept by an earlier read of the page is kept once
+                await pipeline.sink(Decoded(events=list(page.events), dead=list(page.dead)))
                 await pipeline.flush()  # the page is durable before its cursor is saved
             for key in ("enqueued", "duplicates", "dead_letters"):
                 self.stats[key] += pipeline.stats[key] - before[key]
@@ -193,13 +192,6 @@ class _Run:
             if last:
                 return
             cursor = page.cursor
-
-    async def _new_dead_letters(self, dead: list[DeadLetter]) -> list[DeadLetter]:
-        """Drop letters already kept for the same record and problem (a re-read page)."""
-        if not dead:
-            return []
-        known = await self.repos.known_dead_letters(SOURCE, [d.uri for d in dead if d.uri])
-        return [d for d in dead if (d.uri, d.reason, d.detail[:2000]) not in known]
 
     async def work(self, receive) -> None:
         async with receive:

@@ -1,62 +1,16 @@
-"""The typed events every source produces."""
+"""What a source hands its sink: one `Decoded` per frame (or page).
+
+The event types themselves live in `firehose_mod.events` (the store records them too); they
+are re-exported here for the ingest side.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-TRACK_COLLECTION = "fm.plyr.track"
+from firehose_mod.events import TRACK_COLLECTION, DeadLetter, Operation, RepoEvent, TrackEvent
 
-Operation = Literal["create", "update", "delete"]
-
-
-@dataclass(frozen=True, slots=True)
-class TrackEvent:
-    """A create, update or delete of a record in a watched collection.
-
-    `record` is the decoded record (None for deletes); `cid` its CID string (None for
-    deletes on sources that do not carry it); `cursor` the source position that covers it.
-    """
-
-    did: str
-    collection: str
-    rkey: str
-    operation: Operation
-    cid: str | None
-    record: dict | None
-    cursor: int
-    rev: str = ""
-    source: str = ""
-
-    @property
-    def uri(self) -> str:
-        return f"at://{self.did}/{self.collection}/{self.rkey}"
-
-
-@dataclass(frozen=True, slots=True)
-class RepoEvent:
-    """An identity or account event (handle change, takedown, deactivation, deletion)."""
-
-    did: str
-    kind: Literal["identity", "account"]
-    cursor: int
-    active: bool | None = None
-    status: str | None = None
-    handle: str | None = None
-    source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Upstream input we could not use: kept for the operator, never retried automatically."""
-
-    reason: str
-    detail: str
-    cursor: int | None = None
-    did: str | None = None
-    uri: str | None = None
-    raw: bytes = field(default=b"", repr=False)
-    source: str = ""
+__all__ = ["TRACK_COLLECTION", "DeadLetter", "Decoded", "Operation", "RepoEvent", "TrackEvent", "undecodable"]
 
 
 @dataclass(slots=True)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-_NSID_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)+$")
+from firehose_mod.syntax import check_collection_pattern
 
 
 @dataclass(frozen=True)
@@ -17,17 +16,14 @@ class Collections:
 
     @classmethod
     def parse(cls, wanted: list[str] | tuple[str, ...]) -> Collections:
+        """Raises ValueError (`syntax.IdentifierError`) for anything but NSIDs and NSID prefixes."""
         exact, prefixes = set(), []
         for w in wanted:
+            check_collection_pattern(w)
             if w.endswith(".*"):
-                base = w[:-2]
-                if not _NSID_RE.match(base + ".x"):
-                    raise ValueError(f"not an NSID prefix: {w!r} (example: fm.plyr.*)")
-                prefixes.append(base + ".")
-            elif _NSID_RE.match(w):
-                exact.add(w)
+                prefixes.append(w[:-1])
             else:
-                raise ValueError(f"not an NSID: {w!r} (example: fm.plyr.track)")
+                exact.add(w)
         if not exact and not prefixes:
             raise ValueError("no collections wanted")
         return cls(frozenset(exact), tuple(prefixes))

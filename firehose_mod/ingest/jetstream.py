@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from importlib import resources
 from urllib.parse import urlencode
 
-import anyio
 import libipld
-import structlog
 import zstandard
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent, undecodable
+from firehose_mod.ingest.events import TRACK_COLLECTION, Decoded, DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.ingest.filters import Collections
-from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
-from firehose_mod.ingest.reconnect import Backoff, read_deadline
-
-log = structlog.get_logger(__name__)
+from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, blocking_problems
+from firehose_mod.ingest.source import WebSocketSource
+from firehose_mod.syntax import is_did, is_rkey
 
 SOURCE = "jetstream"
 MAX_FRAME_BYTES = 2 * 1024 * 1024
 _TIME_US = re.compile(rb'"time_us"\s*:\s*(\d{1,20})')
-_RKEY_RE = re.compile(r"^[A-Za-z0-9._:~-]{1,512}$")
-_DID_RE = re.compile(r"^did:[a-z]+:[A-Za-z0-9._:%-]{1,2048}$")
 
 
 def zstd_dictionary() -> zstandard.ZstdCompressionDict:
@@ -104,7 +97,7 @@ def decode_jetstream(
     if isinstance(time_us, bool) or not isinstance(time_us, int) or time_us <= 0:
         return _dead("malformed_event", f"time_us missing or not a positive integer: {str(time_us)[:40]}", raw)
     did = event.get("did")
-    if not isinstance(did, str) or not _DID_RE.match(did):
+    if not is_did(did):
         return _dead("malformed_event", f"did missing or invalid: {str(did)[:80]}", raw, time_us)
     kind = event.get("kind")
     if kind == "commit":
@@ -148,7 +141,9 @@ def _decode_commit(event: dict, did: str, time_us: int, raw: bytes, collections:
         return Decoded(cursor=time_us, skipped=1)
     if collection != TRACK_COLLECTION:
         return Decoded(cursor=time_us, skipped=1)  # other fm.plyr.* records: nothing to scan yet
-    if not isinstance(rkey, str) or not _RKEY_RE.match(rkey):
+    # The lexicon declares `key: tid`; any valid record key is taken, as plyr.fm's indexer takes
+    # it, so that a record plyr.fm shows cannot escape scanning by its key.
+    if not is_rkey(rkey):
         return _dead("malformed_event", f"invalid rkey {str(rkey)[:80]!r}", raw, time_us, did=did)
     uri = f"at://{did}/{collection}/{rkey}"
     rev = commit.get("rev") if isinstance(commit.get("rev"), str) else ""
@@ -163,100 +158,39 @@ def _decode_commit(event: dict, did: str, time_us: int, raw: bytes, collections:
         return _dead("malformed_event", f"{op} with an invalid cid {cid[:80]!r}", raw, time_us, did=did, uri=uri)
     if len(raw) > MAX_RECORD_BYTES:
         return _dead("oversized_record", f"{len(raw)} bytes", raw, time_us, did=did, uri=uri)
-    problems = validate_track(record)
+    problems = blocking_problems(record)
     if problems:
         return _dead("lexicon", "; ".join(problems), raw, time_us, did=did, uri=uri)
     return Decoded(cursor=time_us, events=[TrackEvent(did, collection, rkey, op, cid, record, time_us, rev, SOURCE)])
 
 
-class JetstreamSource:
-    """Follows Jetstream endpoints in turn, reconnecting with backoff and resuming by cursor.
+class JetstreamSource(WebSocketSource):
+    """Follows Jetstream endpoints in turn (see `WebSocketSource`), optionally zstd-compressed.
 
-    The sink is called once per frame, in order; the caller batches and commits. On
-    reconnect the stream resumes from the last cursor handed to the sink minus
-    `margin_us` (Jetstream's time_us cursors are not unique per event), and the
-    store's idempotence drops what is repeated.
+    Jetstream's time_us cursors are not unique per event, so a reconnect resumes `rewind`
+    microseconds (5 s) before the last cursor handed to the sink, and the store's idempotence
+    drops what is repeated (dead letters included).
     """
 
     name = SOURCE
+    rewind = 5_000_000  # µs
 
-    def __init__(
-        self,
-        endpoints: list[str],
-        collections: Collections,
-        *,
-        compress: bool = False,
-        read_timeout: float = 60.0,
-        margin_us: int = 5_000_000,
-        backoff: Backoff | None = None,
-        connect=None,
-        watched_dids: set[str] | None = None,
-    ):
-        if not endpoints:
-            raise ValueError("at least one Jetstream endpoint is needed")
-        self.endpoints = endpoints
-        self.collections = collections
+    def __init__(self, endpoints: Sequence[str], collections: Collections, *, compress: bool = False,
+                 **options) -> None:
+        super().__init__(endpoints, collections, **options)
         self.compress = compress
-        self.read_timeout = read_timeout
-        self.margin_us = margin_us
-        self.backoff = backoff or Backoff()
-        self._connect = connect or ws_connect
-        self.watched_dids = watched_dids if watched_dids is not None else set()
-        self.stats = {"frames": 0, "bytes": 0, "reconnects": 0, "dead": 0, "events": 0, "skipped": 0}
-        self.cursor: int | None = None
-        self.endpoint_index = 0
+        self._decompress = Decompressor() if compress else None
 
-    def url(self, endpoint: str) -> str:
+    def url(self, endpoint: str, cursor: int | None) -> str:
         params = [("wantedCollections", c) for c in self.collections.query_values()]
         if self.compress:
             params.append(("compress", "true"))
-        if self.cursor is not None:
-            params.append(("cursor", str(max(0, self.cursor - self.margin_us))))
+        if cursor is not None:
+            params.append(("cursor", str(cursor)))
         base = endpoint.rstrip("/")
         if not base.endswith("/subscribe"):
             base += "/subscribe"
         return f"{base}?{urlencode(params)}"
 
-    async def run(self, sink: Callable[[Decoded], Awaitable[None]], start_cursor: int | None) -> None:
-        """Stream until cancelled; every failure is logged, counted and followed by a reconnect."""
-        self.cursor = start_cursor
-        decompress = Decompressor() if self.compress else None
-        while True:
-            endpoint = self.endpoints[self.endpoint_index % len(self.endpoints)]
-            url = self.url(endpoint)
-            bound = log.bind(source=SOURCE, endpoint=endpoint)
-            try:
-                async with self._connect(url, max_size=16 * 1024 * 1024, compression=None, open_timeout=10,
-                                         ping_interval=20, ping_timeout=20) as ws:
-                    self.backoff.connected()
-                    bound.info("ingest.connected", cursor=self.cursor)
-                    async with read_deadline(self.read_timeout) as touch:
-                        await self._read(ws, sink, decompress, touch)
-            except TimeoutError:
-                bound.warning("ingest.silent", seconds=self.read_timeout, hint="no frame within read_timeout; reconnecting")
-            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI) as exc:
-                bound.warning("ingest.disconnected", error=f"{type(exc).__name__}: {exc}"[:300])
-            self.stats["reconnects"] += 1
-            self.endpoint_index += 1  # fail over to the next endpoint
-            delay = self.backoff.delay()
-            log.info("ingest.reconnecting", source=SOURCE, in_seconds=round(delay, 2), cursor=self.cursor)
-            await anyio.sleep(delay)
-
-    async def _read(self, ws, sink, decompress, touch) -> None:
-        while True:
-            frame = await ws.recv()
-            touch()
-            self.stats["frames"] += 1
-            self.stats["bytes"] += len(frame)
-            try:
-                decoded = decode_jetstream(frame, self.collections, decompress=decompress,
-                                           watched_dids=self.watched_dids)
-            except Exception as exc:  # noqa: BLE001 - any decoding failure is the frame's, not ours
-                decoded = undecodable(exc, frame, SOURCE)
-            self.stats["events"] += len(decoded.events)
-            self.stats["dead"] += len(decoded.dead)
-            self.stats["skipped"] += decoded.skipped
-            await sink(decoded)
-            touch()
-            if decoded.cursor is not None:
-                self.cursor = decoded.cursor if self.cursor is None else max(self.cursor, decoded.cursor)
+    def decode(self, frame: bytes | str) -> Decoded:
+        return decode_jetstream(frame, self.collections, decompress=self._decompress, watched_dids=self.watched_dids)

@@ -1,7 +1,15 @@
-"""Validation of `fm.plyr.track` records against plyr.fm's lexicon (lexicons/track.json).
+"""Validation of `fm.plyr.track` records against plyr.fm's published lexicon.
+
+The constraints are those of `lexicons/track.json` in github.com/zzstoatzz/plyr.fm (last changed
+in b18e821e, 2026-07-16), quoted beside each check. Lengths follow atproto's rules
+(atproto.com/specs/lexicon): a string's `minLength`/`maxLength` count UTF-8 bytes and its
+`minGraphemes`/`maxGraphemes` count extended grapheme clusters (Unicode UAX #29, the `regex`
+module's `\\X`); an array's `maxLength` counts items. track.json declares no grapheme limit
+today; `string_problems` applies one wherever a lexicon does.
 
 Records come from strangers' repositories: every field is checked for type and size, and
-the first problems found are returned as readable strings (empty list = valid).
+the first problems found are returned as readable strings (empty list = valid). Fields the
+lexicon does not declare are allowed, as atproto's open records require.
 """
 
 from __future__ import annotations
@@ -9,81 +17,43 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+import regex
+
+from firehose_mod.syntax import is_did, is_handle
+
 MAX_RECORD_BYTES = 1_000_000  # a record this large is not a track, whatever it claims
-_DID_RE = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]{1,2048}$")
-_LABEL_VAL_RE = re.compile(r"^.{1,128}$", re.S)
+MAX_INTEGER = 2**63 - 1  # atproto's data model: integers are signed 64-bit
+_GRAPHEME = regex.compile(r"\X")
+_URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:\S+")
 
 
-def _graphemes(text: str) -> int:
-    # Close enough for limits: code points (the lexicon counts graphemes, never more than these).
-    return len(text)
+def grapheme_count(text: str) -> int:
+    """Extended grapheme clusters in `text`: what a reader sees as one character (👩‍👩‍👧 is one)."""
+    return sum(1 for _ in _GRAPHEME.finditer(text))
 
 
-def _string(record: dict, key: str, problems: list[str], *, required: bool, min_len: int = 0, max_len: int,
-            max_graphemes: int | None = None) -> None:
-    if key not in record:
-        if required:
-            problems.append(f"{key}: required")
-        return
-    value = record[key]
+def string_problems(key: str, value: object, *, min_length: int = 0, max_length: int | None = None,
+                    min_graphemes: int = 0, max_graphemes: int | None = None) -> list[str]:
+    """A lexicon `string`'s problems: lengths in UTF-8 bytes, graphemes in grapheme clusters."""
     if not isinstance(value, str):
-        problems.append(f"{key}: expected string, got {type(value).__name__}")
-        return
-    if not min_len <= len(value.encode()) <= max_len:
-        problems.append(f"{key}: length {len(value.encode())} bytes outside {min_len}..{max_len}")
-    if max_graphemes is not None and _graphemes(value) > max_graphemes:
-        problems.append(f"{key}: more than {max_graphemes} characters")
-
-
-def _datetime(record: dict, key: str, problems: list[str], *, required: bool) -> None:
-    if key not in record:
-        if required:
-            problems.append(f"{key}: required")
-        return
-    value = record[key]
-    if not isinstance(value, str) or len(value) > 64:
-        problems.append(f"{key}: expected a datetime string")
-        return
+        return [f"{key}: expected string, got {type(value).__name__}"]
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        problems.append(f"{key}: not an RFC 3339 datetime: {value[:40]!r}")
-        return
-    if dt.tzinfo is None:
-        problems.append(f"{key}: datetime without timezone: {value[:40]!r}")
-
-
-def _uri(record: dict, key: str, problems: list[str]) -> None:
-    if key not in record:
-        return
-    value = record[key]
-    if not isinstance(value, str) or not 1 <= len(value) <= 8192 or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S+$", value):
-        problems.append(f"{key}: expected a URI")
-
-
-def _blob(record: dict, key: str, problems: list[str], *, accept_prefix: str, max_size: int) -> None:
-    if key not in record:
-        return
-    blob = record[key]
-    if not isinstance(blob, dict):
-        problems.append(f"{key}: expected a blob object")
-        return
-    if blob.get("$type") == "blob" or "ref" in blob:
-        ref = blob.get("ref")
-        link = ref.get("$link") if isinstance(ref, dict) else ref
-        if not isinstance(link, str) or not link:
-            problems.append(f"{key}: blob without a ref CID")
-        mime = blob.get("mimeType")
-        if not isinstance(mime, str) or not mime.startswith(accept_prefix):
-            problems.append(f"{key}: mimeType {str(mime)[:40]!r} is not {accept_prefix}*")
-        size = blob.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
-            problems.append(f"{key}: size {size!r} outside 0..{max_size}")
-    elif "cid" in blob:  # legacy blob form {cid, mimeType}
-        if not isinstance(blob.get("cid"), str):
-            problems.append(f"{key}: legacy blob without a cid string")
-    else:
-        problems.append(f"{key}: not a blob")
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: JSON allows it, atproto strings do not
+        return [f"{key}: not valid Unicode"]
+    problems = []
+    if size < min_length:
+        problems.append(f"{key}: {size} bytes < minLength {min_length}")
+    if max_length is not None and size > max_length:
+        problems.append(f"{key}: {size} bytes > maxLength {max_length}")
+    # A grapheme is one code point or more: with no more code points than the limit, no need to count.
+    if min_graphemes or (max_graphemes is not None and len(value) > max_graphemes):
+        graphemes = grapheme_count(value)
+        if graphemes < min_graphemes:
+            problems.append(f"{key}: {graphemes} graphemes < minGraphemes {min_graphemes}")
+        if max_graphemes is not None and graphemes > max_graphemes:
+            problems.append(f"{key}: {graphemes} graphemes > maxGraphemes {max_graphemes}")
+    return problems
 
 
 def validate_track(record: object) -> list[str]:
@@ -91,44 +61,118 @@ def validate_track(record: object) -> list[str]:
     if not isinstance(record, dict):
         return [f"record: expected an object, got {type(record).__name__}"]
     problems: list[str] = []
-    _string(record, "title", problems, required=True, min_len=1, max_len=256 * 4, max_graphemes=256)
-    _string(record, "artist", problems, required=True, min_len=1, max_len=256 * 4, max_graphemes=256)
-    _string(record, "fileType", problems, required=True, min_len=1, max_len=16)
-    _datetime(record, "createdAt", problems, required=True)
-    _uri(record, "audioUrl", problems)
-    _uri(record, "imageUrl", problems)
-    _blob(record, "audioBlob", problems, accept_prefix="audio/", max_size=100 * 1024 * 1024)
-    _string(record, "album", problems, required=False, max_len=256 * 4, max_graphemes=256)
-    _string(record, "description", problems, required=False, max_len=5000 * 4, max_graphemes=5000)
-    if "duration" in record:
+    # "required": ["title", "artist", "fileType", "createdAt"]
+    problems += [f"{key}: required" for key in ("title", "artist", "fileType", "createdAt") if key not in record]
+    strings = {  # key: (minLength, maxLength), as track.json declares them
+        "title": (1, 256), "artist": (1, 256), "fileType": (1, 16), "album": (0, 256), "description": (0, 5000),
+    }
+    for key, (low, high) in strings.items():
+        if key in record:
+            problems += string_problems(key, record[key], min_length=low, max_length=high)
+    for key in ("audioUrl", "imageUrl"):  # "format": "uri"
+        if key in record and not _is_uri(record[key]):
+            problems.append(f"{key}: expected a URI")
+    if "createdAt" in record:  # "format": "datetime"
+        problems += _datetime_problems("createdAt", record["createdAt"])
+    if "duration" in record:  # "type": "integer", "minimum": 0
         d = record["duration"]
-        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 7 * 24 * 3600:
-            problems.append(f"duration: expected whole seconds 0..604800, got {str(d)[:40]!r}")
-    if "features" in record:
-        _features(record["features"], problems)
-    if "labels" in record:
-        _self_labels(record["labels"], problems)
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= MAX_INTEGER:
+            problems.append(f"duration: expected an integer >= 0 (seconds), got {str(d)[:40]!r}")
+    if "audioBlob" in record:  # "accept": ["audio/*"], "maxSize": 104857600
+        problems += _blob_problems("audioBlob", record["audioBlob"], accept_prefix="audio/", max_size=104_857_600)
+    if "features" in record:  # array of #featuredArtist, "maxLength": 10
+        problems += _features_problems(record["features"])
+    if "labels" in record:  # union of com.atproto.label.defs#selfLabels
+        problems += _self_labels_problems(record["labels"])
+    if "supportGate" in record:  # #supportGate: {"required": ["type"], "type": string}
+        gate = record["supportGate"]
+        if not isinstance(gate, dict) or not isinstance(gate.get("type"), str):
+            problems.append("supportGate: expected an object with a type string")
     return problems[:10]
 
 
-def _features(features: object, problems: list[str]) -> None:
+def blocking_problems(record: object) -> list[str]:
+    """The problems that keep a record from being scanned: `validate_track`'s, except strings
+    over their maxLength in UTF-8 bytes. plyr.fm's own indexer measures those in code points
+    (`backend/utilities/lexicon.py` uses `len()`), so it accepts and shows a 100-character
+    Japanese title (300 bytes) that the spec rule refuses; dropping such records here would let
+    anyone dodge the labeler by writing in a script of multi-byte characters. They are scanned
+    like any other; a string over the limit in code points too is still refused."""
+    return [p for p in validate_track(record) if not _over_in_bytes_only(p, record)]
+
+
+def _over_in_bytes_only(problem: str, record: object) -> bool:
+    key, _, rest = problem.partition(": ")
+    if not rest.endswith(tuple(f"> maxLength {n}" for n in (16, 256, 5000))) or "bytes" not in rest:
+        return False
+    value = record.get(key) if isinstance(record, dict) else None
+    limit = int(rest.rsplit(" ", 1)[1])
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _is_uri(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 8192 and _URI.fullmatch(value) is not None
+
+
+def _datetime_problems(key: str, value: object) -> list[str]:
+    if not isinstance(value, str) or len(value) > 64:
+        return [f"{key}: expected a datetime string"]
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return [f"{key}: not an RFC 3339 datetime: {value[:40]!r}"]
+    if dt.tzinfo is None:
+        return [f"{key}: datetime without timezone: {value[:40]!r}"]
+    return []
+
+
+def _blob_problems(key: str, blob: object, *, accept_prefix: str, max_size: int) -> list[str]:
+    if not isinstance(blob, dict):
+        return [f"{key}: expected a blob object"]
+    if "cid" in blob and "ref" not in blob and blob.get("$type") != "blob":  # legacy blob form {cid, mimeType}
+        return [] if isinstance(blob.get("cid"), str) else [f"{key}: legacy blob without a cid string"]
+    if blob.get("$type") != "blob" and "ref" not in blob:
+        return [f"{key}: not a blob"]
+    problems = []
+    ref = blob.get("ref")
+    link = ref.get("$link") if isinstance(ref, dict) else ref
+    if not isinstance(link, str) or not link:
+        problems.append(f"{key}: blob without a ref CID")
+    mime = blob.get("mimeType")
+    if not isinstance(mime, str) or not mime.startswith(accept_prefix):
+        problems.append(f"{key}: mimeType {str(mime)[:40]!r} is not {accept_prefix}*")
+    size = blob.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
+        problems.append(f"{key}: size {size!r} outside 0..maxSize {max_size}")
+    return problems
+
+
+def _features_problems(features: object) -> list[str]:
     if not isinstance(features, list) or len(features) > 10:
-        problems.append("features: expected a list of at most 10")
-        return
+        return ["features: expected a list of at most 10"]
+    problems = []
     for i, f in enumerate(features):
-        if not isinstance(f, dict) or not isinstance(f.get("did"), str) or not _DID_RE.match(f["did"]):
+        # #featuredArtist: "required": ["did"]; did "format": "did", handle "format": "handle",
+        # displayName "maxLength": 256
+        if not isinstance(f, dict) or not is_did(f.get("did")):
             problems.append(f"features[{i}]: expected {{did, handle?, displayName?}} with a valid DID")
             continue
-        for k in ("handle", "displayName"):
-            if k in f and (not isinstance(f[k], str) or len(f[k]) > 640):
-                problems.append(f"features[{i}].{k}: expected a short string")
+        if "handle" in f and not is_handle(f["handle"]):
+            problems.append(f"features[{i}].handle: not a handle")
+        if "displayName" in f:
+            problems += string_problems(f"features[{i}].displayName", f["displayName"], max_length=256)
+    return problems
 
 
-def _self_labels(labels: object, problems: list[str]) -> None:
+def _self_labels_problems(labels: object) -> list[str]:
+    # com.atproto.label.defs#selfLabels: values "maxLength": 10; #selfLabel: val "maxLength": 128
     values = labels.get("values") if isinstance(labels, dict) else None
     if not isinstance(values, list) or len(values) > 10:
-        problems.append("labels: expected com.atproto.label.defs#selfLabels {values: [{val}]} (at most 10)")
-        return
+        return ["labels: expected com.atproto.label.defs#selfLabels {values: [{val}]} (at most 10)"]
+    problems = []
     for i, v in enumerate(values):
-        if not isinstance(v, dict) or not isinstance(v.get("val"), str) or not _LABEL_VAL_RE.match(v["val"]):
-            problems.append(f"labels.values[{i}]: expected {{val: string <= 128}}")
+        if not isinstance(v, dict) or "val" not in v:
+            problems.append(f"labels.values[{i}]: expected {{val: string}}")
+        else:
+            problems += string_problems(f"labels.values[{i}].val", v["val"], max_length=128)
+    return problems

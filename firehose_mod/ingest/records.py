@@ -5,7 +5,6 @@ one (`netguard.outbound_client`): a PDS endpoint comes from a stranger's DID doc
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,15 +15,15 @@ import httpx
 import structlog
 
 from firehose_mod.ingest.events import TRACK_COLLECTION, DeadLetter, TrackEvent
-from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, validate_track
+from firehose_mod.ingest.lexicon import MAX_RECORD_BYTES, blocking_problems
 from firehose_mod.ingest.reconnect import Backoff
 from firehose_mod.ingest.resolve import ResolveError
 from firehose_mod.scan.netguard import UnsafeAddress
+from firehose_mod.syntax import is_rkey
 
 log = structlog.get_logger(__name__)
 
 SOURCE = "backfill"
-_RKEY_RE = re.compile(r"^[A-Za-z0-9._:~-]{1,512}$")
 T = TypeVar("T")
 
 
@@ -63,14 +62,14 @@ def decode_record(did: str, item: object) -> TrackEvent | DeadLetter:
     if collection != TRACK_COLLECTION:
         return _dead("malformed_record", f"record of {collection[:100]!r} listed for {TRACK_COLLECTION}", did, item,
                       uri)
-    if not _RKEY_RE.match(rkey):
+    if not is_rkey(rkey):
         return _dead("malformed_record", f"invalid rkey {rkey[:100]!r}", did, item, uri)
     if not isinstance(cid, str) or not cid:
         return _dead("malformed_record", "record without a cid", did, item, uri)
     size = len(json.dumps(value, separators=(",", ":"), default=str))
     if size > MAX_RECORD_BYTES:
         return _dead("oversized_record", f"{size} bytes", did, {"uri": uri, "cid": cid}, uri)
-    problems = validate_track(value)
+    problems = blocking_problems(value)
     if problems:
         return _dead("lexicon", "; ".join(problems), did, item, uri)
     return TrackEvent(did, TRACK_COLLECTION, rkey, "create", cid, value, 0, "", SOURCE)

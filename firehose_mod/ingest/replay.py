@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import structlog
 
 from firehose_mod.config import Settings
+from firehose_mod.ingest.build import build_source
 from firehose_mod.ingest.events import Decoded
 from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.store.db import close_shielded
@@ -36,9 +38,9 @@ class ReplayReport:
 
 async def run_replay(settings: Settings, from_cursor: int, *, until: int | None = None, source=None,
                      progress: Callable[[int, int], None] | None = None) -> ReplayReport:
-    """Replay `settings.ingest_source` from `from_cursor` up to `until` (default: the live cursor)."""
-    from firehose_mod.daemon import build_source
+    """Replay `settings.ingest_source` from `from_cursor` up to `until` (default: the live cursor).
 
+    The first connection starts exactly at `from_cursor` (no resume rewind): the operator chose it."""
     store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
     try:
         source = source or build_source(settings, set())
@@ -49,8 +51,6 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
             raise ValueError(f"{source.name} has no saved cursor yet: pass --until, or run the daemon first")
         if from_cursor >= target:
             raise ValueError(f"--cursor {from_cursor} is not before the end cursor {target}")
-        if hasattr(source, "margin_us"):
-            source.margin_us = 0  # the operator chose the exact start
         pipeline = IngestPipeline(store, f"{source.name}-replay", rescan=True)
         log.info("replay.starting", source=source.name, cursor=from_cursor, until=target)
         async with anyio.create_task_group() as tg:
@@ -64,7 +64,7 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
                         tg.cancel_scope.cancel()
 
             tg.start_soon(pipeline.run_flusher)
-            tg.start_soon(source.run, sink, from_cursor)
+            tg.start_soon(partial(source.run, sink, from_cursor, exact_start=True))
         return ReplayReport(source.name, from_cursor, target, pipeline.stats["frames"],
                             pipeline.stats["enqueued"], pipeline.stats["dead_letters"])
     finally:

@@ -13,7 +13,6 @@ permanent `ResolveError` raised before anything is sent.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
@@ -22,12 +21,10 @@ import httpx
 import structlog
 
 from firehose_mod.scan.netguard import UnsafeAddress
+from firehose_mod.syntax import is_atproto_did
 
 log = structlog.get_logger(__name__)
 
-_PLC_RE = re.compile(r"^did:plc:[a-z2-7]{24}$")
-# atproto allows did:web for a bare hostname only (a port is percent-encoded, no path).
-_WEB_RE = re.compile(r"^did:web:([A-Za-z0-9.-]{1,253})(%3[Aa][0-9]{1,5})?$")
 MAX_DOC_BYTES = 256 * 1024
 
 
@@ -41,7 +38,7 @@ class ResolveError(Exception):
 
 def check_did(did: str) -> str:
     """Return `did` if it is a did:plc or did:web atproto can use; else raise ResolveError."""
-    if not isinstance(did, str) or not (_PLC_RE.match(did) or _WEB_RE.match(did)):
+    if not is_atproto_did(did):
         raise ResolveError(
             f"bad DID {str(did)[:100]!r}: expected did:plc:<24 base32 chars> or did:web:<hostname>"
         )

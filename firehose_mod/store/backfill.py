@@ -131,24 +131,6 @@ class BackfillStore(Store):
         ) as cur:
             return [BackfillRepo(*r) for r in await cur.fetchall()]
 
-    async def known_dead_letters(self, source: str, uris: Iterable[str]) -> set[tuple[str, str, str]]:
-        """(uri, reason, detail) of dead letters `source` already kept for `uris`.
-
-        Re-reading a page (after an interruption, or a restart) finds the same bad records
-        again; the backfill skips the letters it already kept instead of piling up copies.
-        """
-        uris = list(dict.fromkeys(uris))
-        out: set[tuple[str, str, str]] = set()
-        for i in range(0, len(uris), 500):
-            chunk = uris[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self._reading(
-                f"SELECT uri, reason, detail FROM dead_letters WHERE source = ? AND uri IN ({marks})",
-                (source, *chunk),
-            ) as cur:
-                out.update((u, r, d) for u, r, d in await cur.fetchall())
-        return out
-
     async def _write_many(self, sql: str, rows: list[tuple]) -> int:
         """Run `sql` for every row in one transaction (callers hold the lock)."""
         changed = 0

@@ -77,6 +77,20 @@ def other_commit(time_us: int, rng: random.Random) -> dict:
     return commit(time_us, did, "app.bsky.feed.like", tid(time_us), "create", record)
 
 
+def network(n_tracks: int, noise_per_track: int = 20, seed: int = 7) -> list[dict]:
+    """Realistic mixed traffic: mostly posts and likes, now and then a plyr.fm track."""
+    rng = random.Random(seed)
+    events, t = [], T0
+    for i in range(n_tracks):
+        for _ in range(noise_per_track):
+            t += rng.randrange(50, 400)
+            events.append(other_commit(t, rng))
+        t += 100
+        events.append(commit(t, f"did:plc:artist{i % 7}", "fm.plyr.track", f"3ktrack{i:05d}", "create",
+                             track_record(f"Track {i}")))
+    return events
+
+
 def identity(time_us: int, did: str, handle: str) -> dict:
     return {"did": did, "time_us": time_us, "kind": "identity",
             "identity": {"did": did, "handle": handle, "seq": 1, "time": "2026-11-24T10:00:00.000Z"}}

@@ -1,0 +1,102 @@
+"""The durable scan queue: one job per (uri, cid, operation), claimed by the scan workers.
+
+A job is `pending` (due at `not_before`), `running` (claimed), `done` or `failed` (for good).
+Jobs are enqueued by the ingest commit, in the same transaction as the events behind them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from firehose_mod.events import TrackEvent
+from firehose_mod.labels.model import now_iso
+from firehose_mod.store.db import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ScanJob:
+    id: int
+    uri: str
+    cid: str
+    operation: str
+    attempts: int
+    record: dict | None  # the track's latest known record
+    current_cid: str | None = None  # the track's latest known cid (None: unknown)
+    deleted: bool = False
+
+
+class ScanQueue(Store):
+    """The `scan_jobs` table."""
+
+    async def _enqueue(self, ev: TrackEvent, source: str, now: str) -> bool:
+        """Queue the scan of a new version (inside the caller's transaction); False if it is queued."""
+        cur = await self._db.execute(
+            "INSERT OR IGNORE INTO scan_jobs (uri, cid, operation, source, cursor, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (ev.uri, ev.cid or "", ev.operation, source, ev.cursor, now),
+        )
+        return cur.rowcount > 0
+
+    async def _enqueue_rescan(self, ev: TrackEvent, source: str, now: str) -> bool:
+        """Queue the current version for another scan (again, if an earlier rescan finished)."""
+        cur = await self._db.execute(
+            "INSERT INTO scan_jobs (uri, cid, operation, source, cursor, created) VALUES (?, ?, 'rescan', ?, ?, ?)"
+            " ON CONFLICT (uri, cid, operation) DO UPDATE SET state = 'pending', attempts = 0, not_before = 0,"
+            " error = NULL, source = excluded.source, cursor = excluded.cursor"
+            " WHERE scan_jobs.state IN ('done', 'failed')",
+            (ev.uri, ev.cid or "", source, ev.cursor, now),
+        )
+        return cur.rowcount > 0
+
+    async def requeue_running(self) -> int:
+        """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
+        return await self._write("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
+
+    async def claim(self, limit: int) -> list[ScanJob]:
+        """Mark up to `limit` due pending jobs as running and return them, oldest first."""
+        async with self._lock:
+            return await self._claim(limit)
+
+    async def _claim(self, limit: int) -> list[ScanJob]:
+        db = self._db
+        async with self._transaction():
+            async with db.execute(
+                "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record, t.cid, t.deleted FROM scan_jobs j"
+                " LEFT JOIN tracks t ON t.uri = j.uri"
+                " WHERE j.state = 'pending' AND j.not_before <= ? ORDER BY j.id LIMIT ?",
+                (time.time(), limit),
+            ) as cur:
+                rows = await cur.fetchall()
+            await db.executemany(
+                "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
+            )
+        return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None, r[6], bool(r[7]))
+                for r in rows]
+
+    async def finish(self, job_id: int) -> None:
+        await self._write(
+            "UPDATE scan_jobs SET state = 'done', finished = ?, error = NULL WHERE id = ?", (now_iso(), job_id)
+        )
+
+    async def retry_later(self, job_id: int, error: str, delay: float, *, give_up: bool = False) -> None:
+        """Record a failure: back to pending after `delay` seconds, or 'failed' for good."""
+        await self._write(
+            "UPDATE scan_jobs SET state = ?, error = ?, not_before = ? WHERE id = ?",
+            ("failed" if give_up else "pending", error[:2000], time.time() + delay, job_id),
+        )
+
+    async def job_counts(self) -> dict[str, int]:
+        """Jobs by state (pending, running, done, failed)."""
+        out: dict[str, int] = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+        async with self._reading("SELECT state, count(*) FROM scan_jobs GROUP BY state") as cur:
+            out.update({state: n for state, n in await cur.fetchall()})
+        return out
+
+    async def jobs(self, uri: str) -> list[dict]:
+        """Every job of `uri`, oldest first: for explain and the tests."""
+        async with self._reading(
+            "SELECT id, uri, cid, operation, state, attempts, error FROM scan_jobs WHERE uri = ? ORDER BY id", (uri,)
+        ) as cur:
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r)) for r in await cur.fetchall()]
