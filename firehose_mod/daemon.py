@@ -8,21 +8,33 @@ from __future__ import annotations
 
 import resource
 import signal
-from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
 from firehose_mod.config import Settings
+from firehose_mod.events import TrackEvent
+from firehose_mod.ingest.build import build_source
+from firehose_mod.ingest.metrics import IngestCollector
+from firehose_mod.ingest.pipeline import IngestPipeline
+from firehose_mod.ingest.verify import CommitVerifier
 from firehose_mod.labels.signing import SigningKey
+from firehose_mod.review.metrics import ReviewCollector
+from firehose_mod.review.service import open_review
+from firehose_mod.scan.metrics import ScanCollector
+from firehose_mod.scan.registry import open_engine
+from firehose_mod.scan.worker import ScanWorkers
+from firehose_mod.server.admin import load_or_create_token
 from firehose_mod.server.app import LabelServer
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
+from firehose_mod.store.ingest import IngestStore
 from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
@@ -63,11 +75,13 @@ async def run_server(
         recent=settings.stream_recent_labels,
         page_size=settings.stream_page_size,
         poll_interval=settings.stream_poll_interval,
+        max_subscribers=settings.stream_max_subscribers,
     )
     await feed.start()
     metrics = ServerMetrics(feed)
     label_log.on_commit(lambda written: metrics.labels_written.inc(len(written)))
-    server = LabelServer(settings, feed, metrics)
+    # The operator credential for /admin/*: a file only the data directory's owner can read.
+    server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir))
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
@@ -91,69 +105,42 @@ async def serve_forever(settings: Settings) -> None:
         await tg.start(run_server, settings, label_log)
 
 
-def build_source(settings: Settings, watched_dids: set[str], *, verifier=None):
-    """The configured ingest source, or None for `ingest_source = "none"`."""
-    from firehose_mod.ingest.filters import Collections
-    from firehose_mod.ingest.reconnect import Backoff
-
-    collections = Collections.parse(list(settings.collections))
-    if settings.ingest_source == "jetstream":
-        from firehose_mod.ingest.jetstream import JetstreamSource
-
-        return JetstreamSource(
-            list(settings.jetstream_endpoints), collections, compress=settings.jetstream_compress,
-            read_timeout=settings.ingest_read_timeout, backoff=Backoff(), watched_dids=watched_dids,
-        )
-    if settings.ingest_source == "firehose":
-        from firehose_mod.ingest.firehose import FirehoseSource
-
-        return FirehoseSource(
-            list(settings.relay_endpoints), collections, read_timeout=settings.ingest_read_timeout,
-            backoff=Backoff(), watched_dids=watched_dids, verifier=verifier,
-        )
-    return None
-
-
 async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyio.TASK_STATUS_IGNORED) -> None:
-    """`firehose-mod run`: ingest, scan workers and the label server in one task group."""
-    from firehose_mod.ingest.pipeline import IngestPipeline
-    from firehose_mod.scan.worker import ScanWorkers
-    from firehose_mod.store.ingest import IngestStore
-
+    """`firehose-mod run`: the composition root. Every part is built here (the engine and its
+    dependencies by `scan.registry.open_engine`, which the dry run and rescan share), then
+    ingest, scan workers and the label server run in one task group."""
     async with AsyncExitStack() as stack:
         label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         stack.push_async_callback(close_shielded, store)
-        engine = await stack.enter_async_context(open_engine(settings, label_log))
+        engine = (await stack.enter_async_context(open_engine(settings, label_log))).engine
+        review = await stack.enter_async_context(open_review(settings, label_log, daemon=True))
         watched = await store.known_dids()
         verifier = None
         if settings.verify_commits:
-            from firehose_mod.ingest.verify import CommitVerifier
-
             # Key lookups happen in the read loop: keep them well inside the read deadline.
             client = await stack.enter_async_context(CommitVerifier.http_client(settings))
             verifier = CommitVerifier(client, settings.plc_url)
         source = build_source(settings, watched, verifier=verifier)
-        workers = ScanWorkers(store, label_log, concurrency=settings.scan_workers,
-                              negate_on_delete=settings.negate_on_delete, engine=engine)
-
-        def on_commit(n: int) -> None:
-            workers.wake()
+        workers = ScanWorkers(store, engine, concurrency=settings.scan_workers,
+                              negate_on_delete=settings.negate_on_delete)
 
         async with anyio.create_task_group() as tg:
             server = await tg.start(run_server, settings, label_log)
-            from firehose_mod.ingest.metrics import ScanCollector
-
             server.metrics.registry.register(ScanCollector(engine))
             tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
                 tg.start_soon(supervised, "catalogue_watch", engine.catalogue.follow_imports)
-            parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine}
+            if review.triage is not None:
+                tg.start_soon(supervised, "triage", review.triage.run)
+            if review.notifier is not None:
+                tg.start_soon(supervised, "notify", review.notifier.run)
+            server.metrics.registry.register(ReviewCollector(review))
+            parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine,
+                     "review": review}
             server.status_providers.append(lambda: _ingest_status(store, source, workers))
             if source is not None:
-                from firehose_mod.ingest.metrics import IngestCollector
-
-                pipeline = IngestPipeline(store, source.name, on_commit=on_commit)
+                pipeline = IngestPipeline(store, source.name, on_commit=workers.wake)
                 server.metrics.registry.register(IngestCollector(source, pipeline, workers))
                 log.info("ingest.starting", source=source.name, cursor=await store.cursor(source.name),
                          collections=list(settings.collections))
@@ -164,36 +151,13 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             task_status.started(parts)
 
 
-@asynccontextmanager
-async def open_engine(settings: Settings, label_log: LabelLog) -> AsyncIterator:
-    """The scan engine: the configured scanners, the policy, the decision store, media and CPU pool."""
-    from firehose_mod.scan.engine import ScanEngine
-    from firehose_mod.scan.policy import load_policy
-    from firehose_mod.scan.registry import build_scanners, open_catalogue, scan_context
-    from firehose_mod.store.decisions import DecisionStore
-
-    policy = load_policy(settings.policy_file)
-    async with AsyncExitStack() as stack:
-        decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        stack.push_async_callback(close_shielded, decisions)
-        ctx = await stack.enter_async_context(scan_context(settings))
-        catalogue = await stack.enter_async_context(open_catalogue(settings)) if "copyright" in settings.scanners else None
-        scanners = build_scanners(settings, catalogue=catalogue)
-        log.info("scan.ready", scanners={s.name: s.version for s in scanners}, policy=policy.version,
-                 policy_source=policy.source)
-        engine = ScanEngine(scanners, policy, label_log, decisions, ctx, timeout=settings.scan_timeout)
-        engine.catalogue = catalogue
-        yield engine
-
-
 async def _ingest_status(store, source, workers) -> dict:
-    name = source.name if source is not None else None
     return {
         "ingest": {
-            "source": name,
-            "cursor": await store.cursor(name) if name else None,
-            "endpoint": source.endpoints[source.endpoint_index % len(source.endpoints)] if source else None,
-            "stats": dict(source.stats) if source else {},
+            "source": source.name if source else None,
+            "cursor": await store.cursor(source.name) if source else None,
+            "endpoint": source.endpoint if source else None,
+            "stats": source.stats.as_dict() if source else {},
         },
         "queue": await store.counts(),
         "workers": dict(workers.stats),
@@ -216,9 +180,11 @@ def _ingest_task(store, source, pipeline, watched: set[str]):
 
 
 def _tracking_sink(pipeline, watched: set[str]):
+    """The pipeline's sink, adding the DIDs of new tracks to `watched` (whose identity events we keep)."""
+
     async def sink(decoded) -> None:
         for ev in decoded.events:
-            if getattr(ev, "collection", None):
+            if isinstance(ev, TrackEvent):
                 watched.add(ev.did)
         await pipeline.sink(decoded)
 

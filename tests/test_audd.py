@@ -166,7 +166,7 @@ async def test_scanner_reports_a_copyright_match_with_evidence_and_cost(fake, au
 async def test_scanner_does_not_call_audd_when_the_local_index_matched(fake, audio_file):
     scanner = AuddScanner(client_for(fake))
     media = FileMedia(audio_file)
-    assert await scanner.scan(track(), ScanContext(media=media, run_cpu=None, config={"local_match": True})) == []
+    assert await scanner.scan(track(), ScanContext(media=media, run_cpu=None, local_match=True)) == []
     assert fake.requests == [] and media.calls == 0
     assert scanner.stats["skipped_local_match"] == 1 and scanner.stats["usd"] == 0
 
@@ -174,7 +174,7 @@ async def test_scanner_does_not_call_audd_when_the_local_index_matched(fake, aud
 async def test_scanner_counts_cost_of_calls_without_a_match(fake, audio_file):
     fake.mode = "nomatch"
     scanner = AuddScanner(client_for(fake, skip=0))
-    ctx = ScanContext(media=FileMedia(audio_file), run_cpu=None, config={"local_match": False})
+    ctx = ScanContext(media=FileMedia(audio_file), run_cpu=None, local_match=False)
     assert await scanner.scan(track(120), ctx) == []
     assert scanner.stats["calls"] == 1 and scanner.stats["units"] == 10
 

@@ -10,6 +10,7 @@ import anyio.to_thread
 import pytest
 
 from firehose_mod.scan.base import ScanContext, Scanner, Track
+from firehose_mod.scan.catalogue import Catalogue
 from firehose_mod.scan.copyright import CopyrightScanner, import_paths, load_index, remove_reference
 from firehose_mod.scan.fingerprint import FingerprintIndex
 from firehose_mod.store.catalogue import CatalogueStore
@@ -70,16 +71,25 @@ async def test_reupload_of_an_indexed_upload_is_found_and_own_uri_is_not(tmp_pat
         COPY: M.mp3(original, tmp_path / "copy.mp3"),
         OTHER: M.write_wav(tmp_path / "other.wav", M.song(22, 30)),
     }
-    index = FingerprintIndex()
-    scanner = CopyrightScanner(store, index)
+    catalogue = Catalogue(store, FingerprintIndex())
+    scanner = catalogue.scanner
     assert isinstance(scanner, Scanner)
-    ctx = ScanContext(media=LocalMedia(files), run_cpu=run_cpu)
 
-    assert await scanner.scan(track(ORIGINAL), ctx) == []  # first seen: nothing to match, now indexed
-    assert await scanner.scan(track(ORIGINAL), ctx) == []  # a new version of the same record: not itself
-    assert await scanner.scan(track(OTHER), ctx) == []
+    async def scan(uri: str) -> list:
+        """Scan as the engine does: then perform the effects the scanner described."""
+        ctx = ScanContext(media=LocalMedia(files), run_cpu=run_cpu)
+        before = [(r.ref, r.added) for r in await store.list(kind="upload")]
+        findings = await scanner.scan(track(uri), ctx)
+        assert [(r.ref, r.added) for r in await store.list(kind="upload")] == before  # the scanner wrote nothing
+        for effect in ctx.effects:
+            await catalogue.index_upload(effect)
+        return findings
 
-    (finding,) = await scanner.scan(track(COPY), ctx)
+    assert await scan(ORIGINAL) == []  # first seen: nothing to match, now indexed
+    assert await scan(ORIGINAL) == []  # a new version of the same record: not itself
+    assert await scan(OTHER) == []
+
+    (finding,) = await scan(COPY)
     assert finding.kind == "copyright-match" and finding.value == "copyright-violation"
     ev = finding.evidence
     assert ev["ref"] == ORIGINAL and ev["ref_kind"] == "upload" and ev["title"] == "t"
@@ -89,7 +99,8 @@ async def test_reupload_of_an_indexed_upload_is_found_and_own_uri_is_not(tmp_pat
     # The index survives a restart: rebuilt from SQLite, the copy is still found.
     rebuilt = FingerprintIndex()
     assert (await load_index(store, rebuilt))["loaded"] == 3
-    (again,) = await CopyrightScanner(store, rebuilt, index_uploads=False).scan(track(COPY), ctx)
+    ctx = ScanContext(media=LocalMedia(files), run_cpu=run_cpu)
+    (again,) = await CopyrightScanner(store, rebuilt).scan(track(COPY), ctx)
     assert again.evidence["ref"] == ORIGINAL
 
 
@@ -124,7 +135,7 @@ async def test_catalogue_import_is_resumable_and_matches_then_removal_unmatches(
     upload = M.excerpt(M.read_wav(ref_path), 5, 15)
     files = {COPY: M.write_wav(tmp_path / "up.wav", upload)}
     ctx = ScanContext(media=LocalMedia(files), run_cpu=run_cpu)
-    scanner = CopyrightScanner(store, index, index_uploads=False)
+    scanner = CopyrightScanner(store, index)
     (finding,) = await scanner.scan(track(COPY), ctx)
     assert finding.evidence["ref_kind"] == "reference" and finding.evidence["title"] == "hit"
     assert finding.evidence["chromaprint_duplicate"] is False  # an excerpt, not the same file

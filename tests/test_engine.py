@@ -284,7 +284,7 @@ def base_text() -> str:
 async def test_scan_metrics_count_runs_failures_and_audd_cost(label_log, decisions):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from firehose_mod.ingest.metrics import ScanCollector
+    from firehose_mod.scan.metrics import ScanCollector
 
     audd = FakeScanner("audd", fail=True)
     audd.stats = {"calls": 3, "units": 45, "usd": 0.225, "skipped_local_match": 7}
@@ -297,3 +297,22 @@ async def test_scan_metrics_count_runs_failures_and_audd_cost(label_log, decisio
     assert 'firehose_mod_scanner_runs_total{scanner="cover-art"} 1.0' in text
     assert 'firehose_mod_scanner_failures_total{scanner="audd"} 1.0' in text
     assert "firehose_mod_audd_cost_usd_total 0.225" in text and "firehose_mod_audd_units_total 45.0" in text
+
+
+async def test_a_label_a_reviewer_negated_is_not_written_again_for_the_same_version(label_log, decisions):
+    """A reject or allow on the desk holds against the next scan of that version; a new version is judged anew."""
+    from firehose_mod.store import EmitRequest
+
+    engine = engine_with(label_log, decisions, FakeScanner("copyright", [copyright(95)]))
+    await engine.process(track())
+
+    async def by_a_person(writer, written) -> None:
+        await writer.write([DecisionRow(URI, V1, "negate", "copyright-violation", origin="human", actor="mo",
+                                        reason="the uploader's own song", label_seq=written[0].seq)])
+
+    await label_log.emit_many([EmitRequest(URI, "copyright-violation", cid=V1, neg=True)], also=by_a_person)
+    again = await engine.process(track())  # a rescan, an update that kept the cid, a retried job
+    assert again.emitted == [] and await values_in_force(label_log) == set()
+    assert ("overruled by a reviewer for this version", "copyright-match") in [
+        (why, f.kind) for why, f in again.plan.ignored]
+    assert (await engine.process(track(V2))).emitted == ["copyright-violation"]

@@ -23,7 +23,8 @@ from firehose_mod.ingest.resolve import DidResolver, ResolveError
 from firehose_mod.ingest.verify import CommitVerifier
 from firehose_mod.ops.dryrun import dry_run
 from firehose_mod.scan.netguard import outbound_client
-from firehose_mod.scan.registry import scan_context
+from firehose_mod.daemon import open_label_log
+from firehose_mod.scan.registry import open_engine
 from tests.fakes.http import LocalHTTPServer
 from tests.fakes.jetstream import track_record
 from tests.fakes.pds import FakeNetwork, fake_cid, make_records
@@ -202,9 +203,10 @@ async def test_commit_verifier_key_lookups_are_vetted(allowed, internal):
 
 
 async def test_the_scanners_resolver_is_vetted(allowed, internal):
-    async with scan_context(replace(allowed, plc_url=f"{internal.base}/plc")) as ctx:
+    settings = replace(allowed, plc_url=f"{internal.base}/plc", scanners=("self-labels",))
+    async with open_label_log(settings) as label_log, open_engine(settings, label_log) as scanning:
         with pytest.raises(ResolveError, match="refusing to connect"):
-            await ctx.media.resolver.resolve_pds(GOOD)
+            await scanning.media.resolver.resolve_pds(GOOD)
     assert internal.requests == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from firehose_mod.config import Settings
 
@@ -21,8 +22,6 @@ class ProgressLine:
     """A progress bar on a terminal, a line every few seconds elsewhere (journald, CI)."""
 
     def __init__(self, every: float = 5.0):
-        import time
-
         self._clock = time.monotonic
         self._tty = sys.stderr.isatty()
         self._every = 0.2 if self._tty else every

@@ -15,7 +15,12 @@ import socket
 import sqlite3
 from pathlib import Path
 
+from firehose_mod.cli.common import CommandError
 from firehose_mod.config import ConfigError, Settings
+from firehose_mod.labels.model import LabelError
+from firehose_mod.labels.signing import KeyError_
+from firehose_mod.store.db import DatabaseBusy, SchemaError
+from firehose_mod.syntax import IdentifierError
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -34,12 +39,6 @@ def describe(exc: BaseException, settings: Settings, command: str) -> str | None
 
 
 def _describe_one(exc: BaseException, settings: Settings, command: str) -> str | None:
-    from firehose_mod.cli.common import CommandError
-    from firehose_mod.labels.model import LabelError
-    from firehose_mod.labels.signing import KeyError_
-    from firehose_mod.store.db import DatabaseBusy, SchemaError
-    from firehose_mod.syntax import IdentifierError
-
     if isinstance(exc, KeyError_) and isinstance(exc.__cause__, OSError):  # writing a new key failed
         return _disk(settings, exc.__cause__.errno, settings.key_path, exc.__cause__.strerror) or str(exc)
     if isinstance(exc, (LabelError, KeyError_, SchemaError, DatabaseBusy, CommandError, ConfigError,

@@ -6,15 +6,17 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import replace
 
 from firehose_mod.cli.common import CommandError, ProgressLine, _out
 from firehose_mod.config import Settings
+from firehose_mod.ingest.backfill import run_backfill
+from firehose_mod.ingest.replay import run_replay
+from firehose_mod.store.ingest import IngestStore
+from firehose_mod.syntax import check_did
 
 
 async def backfill(settings: Settings, args: argparse.Namespace) -> int:
-    from firehose_mod.ingest.backfill import run_backfill
-    from firehose_mod.syntax import check_did
-
     for did in args.dids or ():
         check_did(did, what="--did")
     bar = ProgressLine()
@@ -43,10 +45,6 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 async def replay(settings: Settings, args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from firehose_mod.ingest.replay import run_replay
-
     if args.source:
         settings = replace(settings, ingest_source=args.source)
     bar = ProgressLine()
@@ -64,8 +62,6 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    from firehose_mod.store.ingest import IngestStore
-
     if not settings.db_path.exists():
         raise CommandError(f"no database at {settings.db_path}: nothing ingested yet")
     store = await IngestStore.open(settings.db_path)

@@ -9,50 +9,54 @@ import sys
 from firehose_mod.cli.common import CommandError, ProgressLine, _out
 from firehose_mod.config import Settings
 from firehose_mod.daemon import open_label_log
+from firehose_mod.labels.model import format_datetime, parse_datetime
+from firehose_mod.ops import dryrun
+from firehose_mod.ops import explain as explaining
+from firehose_mod.ops.rescan import RescanReport
+from firehose_mod.ops.rescan import rescan as run_rescan
+from firehose_mod.scan import copyright as cr
+from firehose_mod.scan.cover import BlocklistError
+from firehose_mod.scan.fingerprint import FingerprintIndex
+from firehose_mod.scan.policy import PolicyError
+from firehose_mod.scan.registry import open_engine
+from firehose_mod.store.catalogue import CatalogueStore
+from firehose_mod.store.decisions import DecisionStore
+from firehose_mod.store.ingest import IngestStore
 from firehose_mod.syntax import check_at_uri, check_subject
-
 
 async def scan(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0: nothing would change; 1: something would be labeled, negated or reviewed; 2: errors."""
-    from firehose_mod.ops.dryrun import dry_run, exit_code, render_summary, render_text
-    from firehose_mod.scan.cover import BlocklistError
-    from firehose_mod.scan.policy import PolicyError
-
     for target in args.targets:
         if target.startswith("at://"):
             check_at_uri(target, record=True, what="target")
     bar = ProgressLine()
 
     def show(result) -> None:
-        _out(json.dumps(result.to_json()) if args.json else render_text(result))
+        _out(json.dumps(result.to_json()) if args.json else dryrun.render_text(result))
 
     try:
-        report = await dry_run(settings, args.targets, concurrency=args.concurrency, on_result=show,
+        report = await dryrun.dry_run(settings, args.targets, concurrency=args.concurrency, on_result=show,
                                progress=lambda done, total, target, status: bar.show(done / max(1, total),
                                                                                     f"{done}/{total} {status}"))
     except (PolicyError, BlocklistError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     bar.done()
-    print(render_summary(report), file=sys.stderr)
-    return exit_code(report)
+    print(dryrun.render_summary(report), file=sys.stderr)
+    return dryrun.exit_code(report)
 
 async def explain(settings: Settings, args: argparse.Namespace) -> int:
-    from firehose_mod.ops.explain import ExplainError, render_text
-    from firehose_mod.ops.explain import explain as run_explain
-    from firehose_mod.store.decisions import DecisionStore
-
     check_subject(args.subject)
     if not settings.db_path.exists():
         raise CommandError(f"no database at {settings.db_path}: nothing labelled or scanned yet")
     async with open_label_log(settings) as label_log:
         decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
         try:
-            expl = await run_explain(label_log, decisions, args.subject)
-        except ExplainError as exc:
+            expl = await explaining.explain(label_log, decisions, args.subject)
+        except explaining.ExplainError as exc:
             raise CommandError(str(exc)) from None
         finally:
             await decisions.close()
-    _out(json.dumps(expl.to_json(), indent=2) if args.json else render_text(expl))
+    _out(json.dumps(expl.to_json(), indent=2) if args.json else explaining.render_text(expl))
     if expl.empty:
         print(f"firehose-mod: nothing recorded for {args.subject}: never labelled or scanned by this labeler",
               file=sys.stderr)
@@ -60,15 +64,8 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 async def rescan(settings: Settings, args: argparse.Namespace) -> int:
-    from firehose_mod.daemon import open_engine
-    from firehose_mod.ops.rescan import RescanReport
-    from firehose_mod.ops.rescan import rescan as run_rescan
-    from firehose_mod.store.ingest import IngestStore
-
     if args.since:
         try:
-            from firehose_mod.labels.model import format_datetime, parse_datetime
-
             since = format_datetime(parse_datetime(args.since))
         except ValueError as exc:
             raise CommandError(f"--since: {exc}") from None
@@ -80,9 +77,8 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"no database at {settings.db_path}: no tracks stored yet (wrong --data-dir?)")
     report = RescanReport(applied=args.apply)
     bar = ProgressLine()
-    async with open_label_log(settings) as label_log, open_engine(settings, label_log) as engine:
-        if engine.catalogue is not None:
-            engine.catalogue.scanner().index_uploads = args.apply  # a dry run writes nothing, not even the index
+    async with open_label_log(settings) as label_log, open_engine(settings, label_log) as scanning:
+        engine = scanning.engine  # without --apply nothing is written: apply() and perform_effects() are not called
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         try:
             if args.uri and (missing := await _unknown_tracks(store, args.uri)):
@@ -121,10 +117,6 @@ async def _unknown_tracks(store, uris: list[str]) -> list[str]:
     return [u for u in uris if u not in known]
 
 async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
-    from firehose_mod.scan import copyright as cr
-    from firehose_mod.scan.fingerprint import FingerprintIndex
-    from firehose_mod.store.catalogue import CatalogueStore
-
     store = await CatalogueStore.open(settings.db_path, synchronous=settings.db_synchronous)
     try:
         match args.catalogue_command:

@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import coincurve
@@ -100,7 +100,6 @@ class SigningKey:
 
     def sign(self, label: Label) -> Label:
         """Return `label` with its `sig` set."""
-        from dataclasses import replace
 
         return replace(label, sig=self.sign_bytes(label.signing_bytes()))
 

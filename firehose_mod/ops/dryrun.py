@@ -5,8 +5,8 @@ recursively), an http(s) URL, or the at-uri of a track (its record read with get
 the author's PDS, its media fetched like the daemon fetches it). Each becomes a `Track` and
 goes through the daemon's own scanners, `ScanEngine.scan` and `ScanEngine.plan`; `apply` is
 never called. The label log, decision store and catalogue are opened read-only (SQLite
-refuses any write), the copyright scanner does not index what it scans, the signing key is
-not read, and media are cached in a scratch directory that is deleted afterwards.
+refuses any write), the effects scanners describe (indexing an upload) are not performed, the
+signing key is not read, and media are cached in a scratch directory that is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,8 +28,7 @@ import structlog
 
 from firehose_mod.config import Settings
 from firehose_mod.ingest.records import FetchError
-from firehose_mod.ingest.resolve import DidResolver, ResolveError
-from firehose_mod.labels.signing import SigningKey
+from firehose_mod.ingest.resolve import ResolveError
 from firehose_mod.ops.explain import summarise
 from firehose_mod.ops.rescan import effective_change
 from firehose_mod.ops.targets import (
@@ -40,11 +39,12 @@ from firehose_mod.ops.targets import (
     expand_targets,
     fetch_track,
 )
-from firehose_mod.scan.base import Finding, MediaError, ScanContext, Track
+from firehose_mod.scan.base import Finding, MediaError, Track
 from firehose_mod.scan.engine import ScanEngine
-from firehose_mod.scan.media import SafeFetcher
-from firehose_mod.scan.netguard import outbound_client
+from firehose_mod.scan.fingerprint import DecodeError
 from firehose_mod.scan.policy import Plan
+from firehose_mod.scan.registry import open_engine, run_cpu
+from firehose_mod.store.db import open_db
 
 log = structlog.get_logger(__name__)
 
@@ -142,59 +142,17 @@ async def dry_run(settings: Settings, targets: list[str], *, progress: Progress 
 async def open_read_only_engine(settings: Settings, scratch: Path) -> AsyncIterator[tuple[ScanEngine, Any, Any]]:
     """The daemon's scanners and policy over read-only stores: (engine, media, http client).
 
-    Media are cached under `scratch`, never in the daemon's cache (whose LRU we would evict).
-    Without a database yet, an empty one in `scratch` stands in (no labels, no catalogue).
+    The same builder as the daemon's (`scan.registry.open_engine`), asked for its read-only
+    variant: media cached under `scratch`, never in the daemon's cache (whose LRU we would
+    evict); no effects performed. Without a database yet, an empty one in `scratch` stands in.
     """
-    from firehose_mod.scan.copyright import CopyrightScanner, load_index
-    from firehose_mod.scan.fingerprint import FingerprintIndex
-    from firehose_mod.scan.policy import load_policy
-    from firehose_mod.scan.registry import Catalogue, build_scanners, run_cpu
-    from firehose_mod.store.catalogue import CatalogueStore
-    from firehose_mod.store.db import close_shielded, open_db
-    from firehose_mod.store.decisions import DecisionStore
-    from firehose_mod.store.label_log import LabelLog
-
-    policy = load_policy(settings.policy_file)
-    db_path = settings.db_path
-    if not db_path.exists():
-        log.warning("dryrun.no_database", db=str(db_path), using="an empty scratch database")
-        db_path = scratch / "empty.sqlite3"
-        await (await open_db(db_path)).close()  # created and migrated, then read like the real one
-    async with AsyncExitStack() as stack:
-
-        async def read_only():
-            conn = await open_db(db_path, readonly=True)
-            stack.push_async_callback(close_shielded, conn)
-            return conn
-
-        labels_db = await read_only()
-        # The key only signs, and nothing is signed here: a throwaway key, the real one unread.
-        label_log = LabelLog(labels_db, labels_db, SigningKey.generate(settings.key_curve), settings.did)
-        decisions = DecisionStore(await read_only())
-        catalogue = None
-        if "copyright" in settings.scanners:
-            store = CatalogueStore(await read_only())
-            index = FingerprintIndex()
-            loaded = await load_index(store, index)
-            scanner = CopyrightScanner(store, index, index_uploads=False)  # indexing an upload is a write
-            scanner.values = frozenset({"copyright-violation"})
-            catalogue = Catalogue(store, index, _scanner=scanner)
-            log.info("dryrun.catalogue", **loaded)
-        # Vetted like the daemon's: an at-uri's DID document names the PDS getRecord goes to.
-        client = await stack.enter_async_context(outbound_client(settings, user_agent="firehose-mod-scan"))
-        fetcher = await stack.enter_async_context(SafeFetcher(
-            DidResolver(client, settings.plc_url), cache_dir=scratch / "media",
-            max_audio_bytes=settings.media_max_audio_mb * 1024 * 1024,
-            max_image_bytes=settings.media_max_image_mb * 1024 * 1024,
-            timeout=settings.media_timeout, max_redirects=settings.media_max_redirects,
-            max_cache_bytes=settings.media_cache_max_mb * 1024 * 1024,
-            allow_networks=settings.media_allow_networks, allow_http=settings.media_allow_http))
-        media = LocalFilesMedia(fetcher)
-        engine = ScanEngine(build_scanners(settings, catalogue=catalogue), policy, label_log, decisions,
-                            ScanContext(media=media, run_cpu=_noting_decode_errors(run_cpu)),
-                            timeout=settings.scan_timeout)
-        engine.catalogue = catalogue
-        yield engine, media, client
+    if not settings.db_path.exists():
+        log.warning("dryrun.no_database", db=str(settings.db_path), using="an empty scratch database")
+        settings = replace(settings, db_file=scratch / "empty.sqlite3")
+        await (await open_db(settings.db_path)).close()  # created and migrated, then read like the real one
+    async with open_engine(settings, read_only=True, cache_dir=scratch / "media", wrap_media=LocalFilesMedia,
+                           cpu=_noting_decode_errors(run_cpu)) as scanning:
+        yield scanning.engine, scanning.media, scanning.client
 
 
 # -- one target ----------------------------------------------------------------------------------
@@ -203,7 +161,6 @@ _decode_errors: ContextVar[list[str] | None] = ContextVar("dryrun_decode_errors"
 
 def _noting_decode_errors(run_cpu):
     """`run_cpu`, noting media ffmpeg cannot decode: a scanner sees no match there, a dry run an error."""
-    from firehose_mod.scan.fingerprint import DecodeError
 
     async def run(fn, *args):
         try:

@@ -70,9 +70,10 @@ def _summary(decision) -> dict:
 
 
 async def effective_change(engine: ScanEngine, track: Track, plan: Plan) -> tuple[Plan, TrackChange]:
-    """Drop from `plan` what is already true (label in force, review already open)."""
+    """Drop from `plan` what is already true (label in force, review already open or already
+    decided by a person for this version)."""
     in_force = {label.val for label in await engine.label_log.in_force(track.uri)}
-    open_reviews = {r.value for r in await engine.decisions.open_reviews(track.uri)}
+    open_reviews = await engine.decisions.settled_reviews(track.uri, track.cid)
     effective = Plan(
         emit=[d for d in plan.emit if d.value not in in_force],
         negate=list(plan.negate),
@@ -132,6 +133,8 @@ async def rescan(
                 if apply:
                     await engine.apply(track, effective, result)
                 yield change
+            elif apply:
+                await engine.perform_effects(result)  # e.g. index an upload scanned before copyright was on
             after = uri
             if progress:
                 progress(report)

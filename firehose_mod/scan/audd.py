@@ -222,7 +222,7 @@ class AuddClient:
 
 
 class AuddScanner:
-    """Scanner "audd": asks AudD only when the local index found nothing (`ctx.config["local_match"]`).
+    """Scanner "audd": asks AudD only when the local index found nothing (`ctx.local_match`).
 
     `max_units_per_track` caps the cost of one track: longer files are sampled more sparsely
     (a larger `skip`). `stats` counts calls, units and USD; `costs` keeps the last tracks' cost.
@@ -251,7 +251,7 @@ class AuddScanner:
         return skip
 
     async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]:
-        if ctx.config.get("local_match"):
+        if ctx.local_match:
             self.stats["skipped_local_match"] += 1
             return []
         path = await ctx.media.audio(track)

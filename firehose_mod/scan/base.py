@@ -78,13 +78,32 @@ class Media(Protocol):
         """The cover art file (imageUrl), or None if the record has none."""
 
 
+@dataclass(frozen=True)
+class IndexUpload:
+    """An effect a scanner describes and the engine performs: keep this upload's fingerprint in
+    the catalogue under its at-uri, so a later copy of it is found. Scanners never write."""
+
+    uri: str
+    entries: bytes  # packed index entries (`Entries.to_bytes()`)
+    entry_count: int
+    fp_version: str
+    title: str | None
+    artist: str | None
+    duration: float | None
+    sha256: str | None
+    chromaprint: Any  # numpy uint32 array or None
+
+
 @dataclass
 class ScanContext:
-    """What scanners may use: media, a CPU pool for heavy work, their configuration."""
+    """What scanners may use for one scan: media, a CPU pool for heavy work, and what the
+    engine tells the scanners that run after the others (`local_match`). `effects` is where a
+    scanner describes a write for the engine to perform (a dry run performs none)."""
 
     media: Media
     run_cpu: Any  # async callable: await run_cpu(fn, *args) runs fn in the process pool
-    config: dict[str, Any] = field(default_factory=dict)
+    local_match: bool | None = None  # for `after_local` scanners: did the local index match?
+    effects: list[IndexUpload] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -97,7 +116,7 @@ class Scanner(Protocol):
     themselves (`Finding.value`). When a scanner fails, the engine keeps exactly the automatic
     labels the policy could have written from those kinds and values (`Policy.label_values`),
     and withdraws the others as usual. `after_local`: run after the others, with
-    `ctx.config["local_match"]` telling whether the local copyright index matched (AudD).
+    `ctx.local_match` telling whether the local copyright index matched (AudD).
     """
 
     name: str

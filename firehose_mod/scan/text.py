@@ -250,7 +250,7 @@ def _wordlist(name: str) -> Iterable[tuple[int, list[str]]]:
 @lru_cache(maxsize=8)
 def builtin_index(languages: tuple[str, ...] | None = None) -> TermIndex:
     """glin-profanity's dictionaries adjusted by this package's word lists (see wordlists/README.md)."""
-    from glin_profanity.data.dictionary import DictionaryLoader
+    from glin_profanity.data.dictionary import DictionaryLoader  # 24 languages of lists: loaded on first use
 
     loader = DictionaryLoader()
     wanted = languages or tuple(loader.available_languages)

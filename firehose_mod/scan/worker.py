@@ -13,7 +13,7 @@ import anyio
 import structlog
 
 from firehose_mod.scan.base import Track
-from firehose_mod.store import EmitRequest, LabelLog
+from firehose_mod.scan.engine import ScanEngine
 from firehose_mod.store.ingest import IngestStore, ScanJob
 
 log = structlog.get_logger(__name__)
@@ -22,11 +22,10 @@ MAX_ATTEMPTS = 8
 
 
 class ScanWorkers:
-    def __init__(self, store: IngestStore, label_log: LabelLog, *, concurrency: int = 2,
-                 negate_on_delete: bool = True, idle_poll: float = 1.0, engine=None):
-        self.engine = engine  # ScanEngine; None: deletes only (no scanners configured)
+    def __init__(self, store: IngestStore, engine: ScanEngine, *, concurrency: int = 2,
+                 negate_on_delete: bool = True, idle_poll: float = 1.0):
+        self.engine = engine  # the one writer: scans, deletes, the decisions behind both
         self.store = store
-        self.label_log = label_log
         self.concurrency = concurrency
         self.negate_on_delete = negate_on_delete
         self.idle_poll = idle_poll
@@ -74,22 +73,11 @@ class ScanWorkers:
 
     async def process(self, job: ScanJob) -> None:
         if job.operation == "delete":
-            if self.engine is not None:
-                negated = await self.engine.deleted(job.uri, job.cid or None, negate=self.negate_on_delete)
-                self.stats["negated"] += len(negated)
-                return
-            if self.negate_on_delete:
-                labels = await self.label_log.in_force(job.uri)
-                written = await self.label_log.emit_many(
-                    [EmitRequest(job.uri, label.val, cid=label.cid, neg=True) for label in labels]
-                )
-                self.stats["negated"] += len(written)
-                if written:
-                    log.info("scan.negated_on_delete", uri=job.uri, values=[w.label.val for w in written])
+            negated = await self.engine.deleted(job.uri, job.cid or None, negate=self.negate_on_delete)
+            self.stats["negated"] += len(negated)
             return
         if job.deleted or job.record is None or (job.current_cid and job.current_cid != job.cid):
             self.stats["superseded"] += 1  # a newer version (with its own job) or a delete came since
             return
-        if self.engine is not None:
-            did, _collection, rkey = job.uri.removeprefix("at://").split("/", 2)
-            await self.engine.process(Track(job.uri, did, rkey, job.cid, job.record))
+        did, _collection, rkey = job.uri.removeprefix("at://").split("/", 2)
+        await self.engine.process(Track(job.uri, did, rkey, job.cid, job.record))
