@@ -4,8 +4,9 @@
 Usage:
     FIREHOSE_MOD_DATA_DIR=... FIREHOSE_MOD_PORT=... python3 bench/run_ours.py
 
-Starts the server exactly as `firehose-mod serve` does (`daemon.open_label_log` +
-`daemon.run_server` in one anyio task group, settings from FIREHOSE_MOD_* as usual) and
+Starts the server exactly as `firehose-mod serve` does (`daemon.open_label_log(daemon=True)`:
+no operator pause after each commit; + `daemon.run_server` in one anyio task group, settings
+from FIREHOSE_MOD_* as usual) and
 prints `ready <port>`. Then it reads commands on stdin, one per line:
 
     emit COUNT RATE [VAL]
@@ -61,7 +62,7 @@ async def _commands(label_log) -> None:
 async def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    async with open_label_log(settings) as label_log, anyio.create_task_group() as tg:
+    async with open_label_log(settings, daemon=True) as label_log, anyio.create_task_group() as tg:
         server = await tg.start(run_server, settings, label_log)
         print(f"ready {server.port}", flush=True)
 

@@ -44,6 +44,7 @@ for p in (str(REPO), str(HERE)):
         sys.path.insert(0, p)
 
 import httpx  # noqa: E402
+from firehose_mod.server.admin import auth_header  # noqa: E402
 
 import soak_media  # noqa: E402
 import soak_report  # noqa: E402
@@ -149,7 +150,8 @@ class Soak:
         t = self.now()
         row: dict = {"t": t}
         try:
-            r = await client.get(f"http://127.0.0.1:{self.port}/admin/status", timeout=10)
+            r = await client.get(f"http://127.0.0.1:{self.port}/admin/status", timeout=10,
+                                 headers=auth_header(self.data))
             row["latency_ms"] = round((self.now() - t) * 1000, 1)
             row["http"] = r.status_code
             body = r.json()

@@ -8,8 +8,9 @@
 What it measures, per peer (see bench/README.md for details):
 - backfill: one websockets client, subscribeLabels?cursor=0, counts frames until it has N;
   labels/s, time to first frame, client CPU, server RSS idle and peak (VmRSS polled, VmHWM);
-- queryLabels at --query-size: latency of exact and prefix uriPatterns, limit=50, one fresh
-  TCP connection per request for both peers (firehose-mod answers with Connection: close);
+- queryLabels at --query-size: latency of exact and prefix uriPatterns, limit=50, one keep-alive
+  connection per peer (--query-new-connections: a fresh TCP connection per request, as before
+  firehose-mod served keep-alive);
 - live fan-out: S live-only subscribers (raw asyncio WebSocket clients in --client-procs
   processes), labels emitted inside the server process at --emit-rate for --emit-seconds;
   latency = client receive time (time.time_ns() in data_received) - emit call time (in the uri).
@@ -389,7 +390,7 @@ def run_backfill(server: Server, n: int, client: str) -> dict:
 
 
 # -------------------------------------------------------------------------------- query
-def run_query(server: Server, n: int, requests: int, time_cap: float, seed: int = 1) -> dict:
+def run_query(server: Server, n: int, requests: int, time_cap: float, seed: int = 1, keepalive: bool = True) -> dict:
     """Exact and prefix uriPatterns, limit=50, one new TCP connection per request (both peers)."""
     import httpx
 
@@ -402,8 +403,9 @@ def run_query(server: Server, n: int, requests: int, time_cap: float, seed: int 
     for _ in range(requests):
         a = rng.randrange(min(ACCOUNTS, n))
         cases["prefix"].append((f"at://{account_did(a)}/*", min(50, per_account[a])))
-    out = {"connection": "new TCP connection per request (httpx, keep-alive off)", "limit": 50}
-    limits = httpx.Limits(max_keepalive_connections=0)
+    out = {"connection": "one keep-alive connection (httpx)" if keepalive
+           else "new TCP connection per request (httpx, keep-alive off)", "limit": 50}
+    limits = httpx.Limits(max_keepalive_connections=1 if keepalive else 0)
     with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", limits=limits, timeout=120) as client:
         for name, items in cases.items():
             for pattern, _ in items[:5]:  # warm-up
@@ -662,6 +664,8 @@ def main() -> int:
     ap.add_argument("--query-size", type=int, help="data size for queryLabels (default the largest size)")
     ap.add_argument("--query-requests", type=int, help="requests per pattern kind (default 200)")
     ap.add_argument("--query-time-cap", type=float, default=60, help="seconds per pattern kind and peer")
+    ap.add_argument("--query-new-connections", action="store_true",
+                    help="a new TCP connection per queryLabels request (default: one keep-alive connection)")
     ap.add_argument("--fanout", help="subscriber counts (default 1,100,1000)")
     ap.add_argument("--fanout-size", type=int, help="data set copied for the fan-out servers (default smallest size)")
     ap.add_argument("--emit-rate", type=float, default=10.0)
@@ -741,7 +745,7 @@ def main() -> int:
                         f"peak RSS {b.get('server_peak_rss_mb')} MB {b.get('error', '')}")
                 if do_query:
                     log(f"{p}: queryLabels at {n:,}")
-                    q = run_query(server, n, requests, a.query_time_cap)
+                    q = run_query(server, n, requests, a.query_time_cap, keepalive=not a.query_new_connections)
                     q["server_idle_rss_mb"] = round(idle, 1)
                     res["results"][p]["query"] = q
                     log(f"{p}: query exact p50 {q['exact']['p50_ms']} ms p99 {q['exact']['p99_ms']} ms; "

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from firehose_mod.labels import Label, verify_label
+from firehose_mod.server.admin import auth_header
 
 from tests.procs import env_for, free_port, json_lines, run_cli, start_server
 
@@ -282,7 +283,7 @@ def test_after_catalogue_add_the_hinted_rescan_all_works_offline(tmp_path):
         daemon = subprocess.Popen([sys.executable, "-m", "firehose_mod", "run"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait_until_scanned(daemon, port)
+            _wait_until_scanned(daemon, port, tmp_path / "var")
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
@@ -295,14 +296,15 @@ def test_after_catalogue_add_the_hinted_rescan_all_works_offline(tmp_path):
     assert "0 with scanner failures" in rescan.stdout
 
 
-def _wait_until_scanned(daemon, port: int) -> None:
+def _wait_until_scanned(daemon, port: int, data_dir) -> None:
     import time
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert daemon.poll() is None, daemon.stderr.read().decode()[-3000:]
         try:
-            queue = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=2).json()["queue"]
+            queue = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=2,
+                              headers=auth_header(data_dir)).json()["queue"]
             if queue["done"] + queue["failed"] >= 1:
                 assert queue["failed"] == 0
                 return

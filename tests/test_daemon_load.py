@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from firehose_mod.daemon import run_daemon
+from firehose_mod.server.admin import auth_header
 
 from tests.fakes.jetstream import T0, FakeJetstream, commit, track_record
 from tests.procs import env_for, run_cli
@@ -36,7 +37,7 @@ async def test_status_and_metrics_hammered_while_ingest_and_workers_write(settin
         done = anyio.Event()
 
         async def poll(path: str) -> None:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(timeout=10, headers=auth_header(settings.data_dir)) as client:
                 while not done.is_set():
                     r = await client.get(base + path)
                     if r.status_code != 200:
@@ -46,7 +47,7 @@ async def test_status_and_metrics_hammered_while_ingest_and_workers_write(settin
             for path in ("/admin/status", "/admin/status", "/admin/status", "/admin/status", "/metrics", "/metrics"):
                 pollers.start_soon(poll, path)
             with anyio.fail_after(60):
-                async with httpx.AsyncClient(timeout=10) as client:
+                async with httpx.AsyncClient(timeout=10, headers=auth_header(settings.data_dir)) as client:
                     while True:
                         queue = (await client.get(base + "/admin/status")).json()["queue"]
                         if queue["done"] >= TRACKS:

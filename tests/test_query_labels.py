@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from firehose_mod.labels import Label, verify_label
+from firehose_mod.server.admin import auth_header
 
 from tests.conftest import Running
 
@@ -127,7 +128,7 @@ async def test_unknown_xrpc_method_and_health(running: Running):
         missing = await client.get(f"{running.http_base}/xrpc/com.atproto.label.nothing")
         health = await client.get(f"{running.http_base}/xrpc/_health")
         post = await client.post(f"{running.http_base}/xrpc/com.atproto.label.queryLabels")
-    assert missing.status_code == 404 and missing.json()["error"] == "MethodNotImplemented"
+    assert missing.status_code == 501 and missing.json()["error"] == "MethodNotImplemented"
     assert health.status_code == 200 and "version" in health.json()
     assert post.status_code == 405 and post.json()["error"] == "MethodNotAllowed"
 
@@ -140,12 +141,14 @@ async def test_status_and_metrics_show_subscribers_and_lag(running: Running):
     async with subscribe(running.ws_base, 2, user_agent_header="lagging-appview/1.0") as ws:
         await collect(ws, Received(), count=3)
         async with httpx.AsyncClient() as client:
-            status = (await client.get(f"{running.http_base}/admin/status")).json()
+            headers = auth_header(running.settings.data_dir)
+            status = (await client.get(f"{running.http_base}/admin/status", headers=headers)).json()
             metrics = (await client.get(f"{running.http_base}/metrics")).text
     (sub,) = status["subscribers"]
     assert status["head"] == 5 and sub["cursor"] == 5 and sub["lag"] == 0 and sub["requested_cursor"] == 2
     assert sub["user_agent"] == "lagging-appview/1.0"
     assert status["key"] == running.log.key.did_key
     assert "firehose_mod_subscribers 1.0" in metrics
-    assert f'firehose_mod_subscriber_lag{{remote="127.0.0.1",subscriber="{sub["id"]}"}} 0.0' in metrics
+    assert sub["remote"] == "127.0.0.1"  # for the operator; /metrics is public and has no addresses
+    assert f'firehose_mod_subscriber_lag{{subscriber="{sub["id"]}"}} 0.0' in metrics and "127.0.0.1" not in metrics
     assert "firehose_mod_frames_sent_total 3.0" in metrics

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from firehose_mod.daemon import run_daemon
+from firehose_mod.server.admin import auth_header
 
 from tests.fakes.jetstream import T0, FakeJetstream, commit, track_record
 from tests.stream_client import Received, collect, subscribe
@@ -37,7 +38,8 @@ async def test_a_deleted_track_has_its_labels_negated_on_the_stream(settings):
             while (await store.counts())["done"] < 2:
                 await anyio.sleep(0.02)
         async with httpx.AsyncClient() as client:
-            status = (await client.get(f"http://127.0.0.1:{server.port}/admin/status")).json()
+            status = (await client.get(f"http://127.0.0.1:{server.port}/admin/status",
+                                       headers=auth_header(settings.data_dir))).json()
             metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
         tg.cancel_scope.cancel()
     assert [(label.val, label.neg) for label in got.labels] == [("copyright-violation", False), ("copyright-violation", True)]
@@ -74,5 +76,5 @@ async def test_jetstream_restart_on_the_same_port_is_survived(settings):
             while (await store.counts())["tracks"] < 4:
                 await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
-    assert source.stats["reconnects"] >= 1
+    assert source.stats.reconnects >= 1
     assert "cursor=" in second.connections[0]  # resumed, not restarted from live

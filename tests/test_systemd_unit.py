@@ -22,6 +22,8 @@ import anyio.from_thread
 import httpx
 import pytest
 
+from firehose_mod.server.admin import auth_header
+
 from tests import media as M
 from tests.fakes.jetstream import T0, FakeJetstream, commit, track_record
 from tests.fakes.media_server import MediaServer
@@ -88,7 +90,7 @@ allow_http = true
         daemon = subprocess.Popen(sandbox_command(UNIT, unit_paths, {}, scratch=machine), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            status, metrics = _wait_scanned(daemon, port)
+            status, metrics = _wait_scanned(daemon, port, machine / "state")
         finally:
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=30)
@@ -103,7 +105,7 @@ allow_http = true
     assert state.stat().st_uid == UID and (state / "signing.key").stat().st_mode & 0o777 == 0o600
 
 
-def _wait_scanned(daemon: subprocess.Popen, port: int) -> tuple[dict, str]:
+def _wait_scanned(daemon: subprocess.Popen, port: int, state: Path) -> tuple[dict, str]:
     """Wait for the health check, then for the track to be scanned; the status and metrics then."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -113,7 +115,7 @@ def _wait_scanned(daemon: subprocess.Popen, port: int) -> tuple[dict, str]:
                                  f"{err[-3000:]}")
         try:
             httpx.get(f"http://127.0.0.1:{port}/xrpc/_health", timeout=1).raise_for_status()
-            status = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=5).json()
+            status = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=5, headers=auth_header(state)).json()
             if status["queue"]["done"] + status["queue"]["failed"] >= 1:
                 return status, httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         except httpx.HTTPError:

@@ -17,6 +17,7 @@ from firehose_mod.config import Settings
 from firehose_mod.daemon import open_label_log
 from firehose_mod.labels.model import Label
 from firehose_mod.labels.signing import SigningKey
+from firehose_mod.server.admin import auth_header, token_path
 from firehose_mod.server.app import SUBSCRIBE, did_document
 from firehose_mod.syntax import check_subject
 
@@ -78,7 +79,8 @@ async def label_tail(settings: Settings, args: argparse.Namespace) -> int:
     ws_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + SUBSCRIBE
     if args.cursor is not None:
         ws_url += f"?cursor={args.cursor}"
-    head = await _head(base) if args.no_follow else None
+    # Our own token goes to our own labeler only, never to another --url.
+    head = await _head(base, {} if args.url else auth_header(settings.data_dir)) if args.no_follow else None
     if args.no_follow and head is None:
         print(f"firehose-mod: {base} does not tell its head seq (/admin/status is for this machine's labeler);"
               " stopping after 2 s without a label", file=sys.stderr)
@@ -108,11 +110,11 @@ async def label_tail(settings: Settings, args: argparse.Namespace) -> int:
             f"cannot subscribe to {ws_url}: {exc}. Is `firehose-mod serve` running there? Pass --url for another labeler"
         ) from None
 
-async def _head(base: str) -> int | None:
+async def _head(base: str, headers: dict[str, str]) -> int | None:
     """The labeler's head seq from /admin/status (this machine's labeler), or None."""
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(base + "/admin/status")
+            response = await client.get(base + "/admin/status", headers=headers)
         response.raise_for_status()
         return int(response.json()["head"])
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -138,7 +140,11 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
     base = _base_url(settings, args.url)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(base + "/admin/status")
+            response = await client.get(base + "/admin/status", headers=auth_header(settings.data_dir))
+        if response.status_code == 401:
+            raise CommandError(f"the server at {base} wants the operator token of its data directory, and"
+                               f" {token_path(settings.data_dir)} is missing or another server's: pass that server's"
+                               " --data-dir (or run as the user that can read it)")
         response.raise_for_status()
         body = response.json()
     except httpx.HTTPError as exc:

@@ -1,54 +1,46 @@
-"""The HTTP and WebSocket front door: one `websockets` server, routed by path.
+"""The front door: one aiohttp server on one port; every endpoint is one line in `_add_routes`.
 
-WebSocket upgrades go to subscribeLabels; plain GET requests are answered from
-`process_request` (queryLabels, health, metrics, status, did.json). Every endpoint is a
-GET, which is all the websockets HTTP parser accepts; endpoints that need POST bodies
-(reports, appeals) will need a full HTTP server in front of this one.
+aiohttp gives HTTP/1.1 with keep-alive (a C parser), WebSocket upgrades on the same port, and
+runs on the daemon's asyncio loop. What every answer follows (the atproto error shape, body
+and header limits, CORS) lives in `xrpc.py`; who is an operator in `admin.py`.
+
+Adding an endpoint is one line in `LabelServer._add_routes`:
+- an XRPC query: `r.add_get("/xrpc/<nsid>", self._handler)`;
+- an XRPC procedure: `r.add_post("/xrpc/<nsid>", procedure(self._handler))`: the handler gets
+  the parsed JSON object; bodies over `xrpc.MAX_BODY` are a 413;
+- an operator endpoint: a path under `/admin/` (no CORS), starting with `self._require_operator`;
+- an HTML page: `r.add_get("/path", ...)` answering `web.Response(text=..., content_type="text/html")`.
+Other `/xrpc/` paths answer 501 MethodNotImplemented; a known path asked with another method 405.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable
-from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import structlog
+from aiohttp import web
 from anyio.abc import TaskStatus
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from firehose_mod import __version__
 from firehose_mod.config import Settings
+from firehose_mod.server.admin import is_operator
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
-from firehose_mod.server.query import XrpcError, query_labels
+from firehose_mod.server.query import QueryStopped, int_param, query_labels
 from firehose_mod.server.subscribe import serve_subscriber
+from firehose_mod.server.xrpc import (
+    HEADER_LIMITS, MAX_BODY, ProtocolLog, XrpcError, count_requests, cors, errors, json_response, xrpc_error,
+)
+from firehose_mod.store.query import QueryBudget
 
 log = structlog.get_logger(__name__)
 
 SUBSCRIBE = "/xrpc/com.atproto.label.subscribeLabels"
 QUERY = "/xrpc/com.atproto.label.queryLabels"
-CLOSE_TIMEOUT = 2.0  # seconds a subscriber gets to complete the close handshake when we stop
-
-
-def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
-    headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"})
-    headers["Access-Control-Allow-Origin"] = "*"
-    for k, v in (extra or {}).items():
-        headers[k] = v
-    return Response(status, HTTPStatus(status).phrase, headers, body)
-
-
-def json_response(status: int, obj: object) -> Response:
-    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json; charset=utf-8")
-
-
-def xrpc_error(status: int, error: str, message: str) -> Response:
-    return json_response(status, {"error": error, "message": message})
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection stays open
+HANDLER_GRACE = 1.0  # seconds requests in flight get to finish when we stop
 
 
 def _is_loopback(remote: str) -> bool:
@@ -58,132 +50,125 @@ def _is_loopback(remote: str) -> bool:
         return False
 
 
-class LabelServer:
-    """subscribeLabels + queryLabels + operator endpoints over one label feed."""
+def _params(request: web.Request) -> dict[str, list[str]]:
+    return {name: request.query.getall(name) for name in set(request.query.keys())}
 
-    def __init__(self, settings: Settings, feed: LabelFeed, metrics: ServerMetrics):
+
+class LabelServer:
+    """subscribeLabels + queryLabels + discovery and operator endpoints over one label feed."""
+
+    def __init__(self, settings: Settings, feed: LabelFeed, metrics: ServerMetrics, *, admin_token: str | None = None):
         self.settings = settings
         self.feed = feed
         self.metrics = metrics
+        self.admin_token = admin_token
+        self.query_budget = QueryBudget()
         self.port: int | None = None
         # Async callables whose dicts are merged into /admin/status (ingest, queue, ...).
         self.status_providers: list[Callable] = []
-        self._routes: dict[str, Callable] = {
-            QUERY: self._query,
-            "/xrpc/_health": self._health,
-            "/metrics": self._metrics,
-            "/admin/status": self._status,
-            "/.well-known/did.json": self._did_document,
-        }
+        self.app = web.Application(client_max_size=MAX_BODY,
+                                   middlewares=[count_requests(metrics.http_requests), cors, errors])
+        self._add_routes(self.app.router)
+
+    def _add_routes(self, r: web.UrlDispatcher) -> None:
+        # XRPC: queries are GET; procedures are POST through `xrpc.procedure`.
+        r.add_get(SUBSCRIBE, self._subscribe)
+        r.add_get(QUERY, self._query)
+        r.add_get("/xrpc/_health", self._health)
+        # Discovery and monitoring: public.
+        r.add_get("/.well-known/did.json", self._did_document)
+        r.add_get("/metrics", self._metrics)
+        # Operators only.
+        r.add_get("/admin/status", self._status)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; reports the bound port through `task_status`."""
         s = self.settings
-        async with serve(
-            self._handle_ws,
-            s.host,
-            s.port,
-            process_request=self._process_request,
-            ping_interval=s.stream_ping_interval,
-            ping_timeout=s.stream_ping_timeout,
-            compression=None,  # per-client deflate would cost CPU per subscriber per frame
-            max_size=64 * 1024,  # subscribers have nothing to send us
-            server_header=f"firehose-mod/{__version__}",
-            close_timeout=CLOSE_TIMEOUT,
-        ) as server:
-            self.port = server.sockets[0].getsockname()[1]
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=HANDLER_GRACE,
+                               keepalive_timeout=KEEPALIVE_TIMEOUT, logger=ProtocolLog(), **HEADER_LIMITS)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, s.host, s.port).start()
+            self.port = runner.addresses[0][1]
             log.info("server.listening", host=s.host, port=self.port, did=s.did)
             task_status.started(self.port)
-            try:
-                await anyio.sleep_forever()
-            finally:
-                # A stop is bounded whatever the clients do: each gets the close handshake
-                # (1001) for CLOSE_TIMEOUT seconds; a client that reads nothing cannot even
-                # receive it, and is cut when the time is up.
-                server.close(close_connections=True)
-                with anyio.move_on_after(CLOSE_TIMEOUT + 0.5, shield=True):
-                    await server.wait_closed()
-                for conn in list(server.connections):
-                    conn.transport.abort()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop(runner)
 
-    # -- routing ----------------------------------------------------------------------------
-    def _remote(self, conn: ServerConnection, request: Request) -> str:
+    async def _stop(self, runner: web.AppRunner) -> None:
+        """Bounded whatever the clients do: no new connections; each subscriber gets the close
+        handshake (1001) and is cut if it has not answered within CLOSE_TIMEOUT; requests in
+        flight get HANDLER_GRACE seconds."""
+        for site in list(runner.sites):
+            await site.stop()
+        async with anyio.create_task_group() as tg:
+            for sub in list(self.feed.subscribers.values()):
+                if sub.connection is not None:
+                    tg.start_soon(sub.connection.close, 1001, "server stopping")
+        await runner.cleanup()
+
+    def _remote(self, request: web.Request) -> str:
+        peer = request.remote or ""
         forwarded = request.headers.get("X-Forwarded-For")
-        if forwarded and _is_loopback(str(conn.remote_address[0])):
-            return forwarded.split(",")[0].strip()
-        return str(conn.remote_address[0])
+        if forwarded and _is_loopback(peer):
+            return forwarded.split(",")[0].strip()[:100]
+        return peer
 
-    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        params = parse_qs(url.query, keep_blank_values=True)
-        if request.method != "GET":
-            self.metrics.http_requests.labels("other", "405").inc()
-            return xrpc_error(405, "MethodNotAllowed", f"{request.method} is not served here: every endpoint is a GET")
-        if url.path == SUBSCRIBE:
-            return self._check_subscribe(request, params)
-        handler = self._routes.get(url.path)
-        if handler is None:
-            response = (
-                xrpc_error(404, "MethodNotImplemented", f"{url.path[6:]} is not served here")
-                if url.path.startswith("/xrpc/")
-                else xrpc_error(404, "NotFound", f"no such path: {url.path}")
+    def _require_operator(self, request: web.Request) -> None:
+        if not is_operator(request, self.admin_token):
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Bearer realm="firehose-mod operator"'},
+                text="the operator token is required: Authorization: Bearer <the admin.token file in the data"
+                     " directory> (firehose-mod status sends it)",
             )
-        else:
-            try:
-                response = await handler(conn, request, params)
-            except XrpcError as exc:
-                response = xrpc_error(400, exc.error, exc.message)
-        self.metrics.http_requests.labels(url.path if handler else "other", str(response.status_code)).inc()
-        return response
 
-    def _check_subscribe(self, request: Request, params: dict) -> Response | None:
+    # -- XRPC -------------------------------------------------------------------------------
+    async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return xrpc_error(400, "InvalidRequest", "subscribeLabels is a WebSocket endpoint: connect with ws:// or wss://")
-        try:
-            _cursor_param(params)
-        except XrpcError as exc:
-            return xrpc_error(400, exc.error, exc.message)
-        if len(self.feed.subscribers) >= self.settings.stream_max_subscribers:
+            raise XrpcError("InvalidRequest", "subscribeLabels is a WebSocket endpoint: connect with ws:// or wss://")
+        cursor = int_param(_params(request), "cursor", None, 0, 2**53 - 1)
+        # Admitted (and counted against the cap) before the first await.
+        sub = self.feed.admit(self._remote(request), request.headers.get("User-Agent", "")[:200], cursor)
+        if sub is None:
             self.metrics.disconnects.labels("server_full").inc()
-            return xrpc_error(503, "ServerFull", "too many subscribers; raise [stream] max_subscribers")
-        return None
+            raise XrpcError("ServerFull", "too many subscribers; raise [stream] max_subscribers", 503)
+        s = self.settings
+        try:
+            return await serve_subscriber(request, sub, self.feed, self.metrics, send_timeout=s.stream_send_timeout,
+                                          ping_interval=s.stream_ping_interval, ping_timeout=s.stream_ping_timeout)
+        finally:
+            self.feed.unregister(sub)
 
-    async def _handle_ws(self, conn: ServerConnection) -> None:
-        params = parse_qs(urlsplit(conn.request.path).query)
-        await serve_subscriber(
-            conn,
-            self.feed,
-            self.metrics,
-            cursor=_cursor_param(params),
-            remote=self._remote(conn, conn.request),
-            send_timeout=self.settings.stream_send_timeout,
-        )
+    async def _query(self, request: web.Request) -> web.Response:
+        try:
+            return json_response(await query_labels(self.feed.log, _params(request), self.query_budget))
+        except QueryStopped as exc:
+            self.metrics.queries_stopped.labels(exc.reason).inc()
+            raise
 
-    # -- plain HTTP endpoints ----------------------------------------------------------------
-    async def _query(self, conn, request, params) -> Response:
-        return json_response(200, await query_labels(self.feed.log, params))
+    async def _health(self, request: web.Request) -> web.Response:
+        return json_response({"version": __version__})
 
-    async def _health(self, conn, request, params) -> Response:
-        return json_response(200, {"version": __version__})
-
-    async def _metrics(self, conn, request, params) -> Response:
-        return _response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-
-    async def _status(self, conn, request, params) -> Response:
-        if not _is_loopback(str(conn.remote_address[0])) or request.headers.get("X-Forwarded-For"):
-            return xrpc_error(403, "Forbidden", "status is served to loopback clients only")
-        body = self.feed.status()
-        body.update(did=self.settings.did, key=self.feed.log.key.did_key, version=__version__)
-        for provider in self.status_providers:
-            body.update(await provider())
-        return json_response(200, body)
-
-    async def _did_document(self, conn, request, params) -> Response:
+    # -- discovery, monitoring, operators ---------------------------------------------------
+    async def _did_document(self, request: web.Request) -> web.Response:
         did = self.settings.did
         if not did.startswith("did:web:"):
             return xrpc_error(404, "NotFound", "this labeler's DID is not a did:web; its document lives in the PLC directory")
         endpoint = self.settings.public_url or self.settings.endpoint
-        return json_response(200, did_document(did, self.feed.log.key.multibase, endpoint))
+        return json_response(did_document(did, self.feed.log.key.multibase, endpoint))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        self._require_operator(request)
+        body = self.feed.status()
+        body.update(did=self.settings.did, key=self.feed.log.key.did_key, version=__version__)
+        for provider in self.status_providers:
+            body.update(await provider())
+        return json_response(body)
 
 
 def did_document(did: str, multibase: str, endpoint: str) -> dict:
@@ -196,16 +181,3 @@ def did_document(did: str, multibase: str, endpoint: str) -> dict:
         ],
         "service": [{"id": "#atproto_labeler", "type": "AtprotoLabeler", "serviceEndpoint": endpoint.rstrip("/")}],
     }
-
-
-def _cursor_param(params: dict) -> int | None:
-    values = params.get("cursor")
-    if not values or values[-1] == "":
-        return None
-    try:
-        cursor = int(values[-1])
-    except ValueError:
-        raise XrpcError("InvalidRequest", f"cursor must be an integer seq, got {values[-1][:40]!r}") from None
-    if cursor < 0 or cursor >= 2**53:
-        raise XrpcError("InvalidRequest", "cursor must be between 0 and 2^53-1")
-    return cursor

@@ -5,10 +5,10 @@ from its own cursor, so a slow reader holds no queue in server memory. This clas
 newest frames in a bounded in-memory window so that live subscribers do not each query the
 database, and wakes waiting subscribers when the head moves.
 
-Labels can be committed by this process (the emit path pokes the feed at once) or by
-another one (`firehose-mod label emit`, scan workers): a poll every `poll_interval`
-seconds picks those up. A label is published only after it was read back from the
-committed database, so no subscriber ever sees a label that could still roll back.
+Labels can be committed by this process (the writer hands what it committed to the feed,
+which publishes it at once) or by another one (`firehose-mod label emit`): a poll every
+`poll_interval` seconds reads those back. A label is published only once committed, so no
+subscriber ever sees a label that could still roll back.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import bisect
 import itertools
 import time
 from dataclasses import dataclass, field
-
 from typing import Any
 
 import anyio
 import structlog
-from websockets.protocol import State
 
 from firehose_mod.server.frames import labels_frame, ws_binary
-from firehose_mod.store import LabelLog
+from firehose_mod.store import LabelLog, StoredLabel
 
 log = structlog.get_logger(__name__)
 
@@ -39,19 +37,21 @@ class Subscriber:
     user_agent: str
     requested_cursor: int | None
     cursor: int
-    connection: Any = None  # the websockets ServerConnection
+    connection: Any = None  # a subscribe.SubscriberSocket once the handshake is done
     connected_at: float = field(default_factory=time.time)
     frames_sent: int = 0
     bytes_sent: int = 0
-    state: str = "backfill"
+    state: str = "connecting"  # then backfill, then live
     wake: anyio.Event = field(default_factory=anyio.Event)
+    pong: anyio.Event = field(default_factory=anyio.Event)
+    keepalive_failed: bool = False
 
     def push(self, data: bytes, frames: int, head: int) -> bool:
         """Write already-framed messages if the socket takes them now; False: let the pump do it."""
-        ws = self.connection
-        if ws is None or ws.state is not State.OPEN or ws.paused:
+        sock = self.connection
+        if sock is None or not sock.open or sock.paused:
             return False
-        ws.transport.write(data)
+        sock.write(data)
         self.cursor = head
         self.frames_sent += frames
         self.bytes_sent += len(data)
@@ -61,8 +61,10 @@ class Subscriber:
 class LabelFeed:
     """Published head, recent frames and subscriber registry of one server process."""
 
-    def __init__(self, log_: LabelLog, *, recent: int = 20000, page_size: int = 200, poll_interval: float = 0.25):
+    def __init__(self, log_: LabelLog, *, recent: int = 20000, page_size: int = 200, poll_interval: float = 0.25,
+                 max_subscribers: int = 5000):
         self.log = log_
+        self.max_subscribers = max_subscribers
         self.recent = recent
         self.page_size = page_size
         self.poll_interval = poll_interval
@@ -77,7 +79,8 @@ class LabelFeed:
         self.published_total = 0
         self.frames_sent_total = 0
         self.bytes_sent_total = 0
-        log_.on_commit(lambda _written: self._poke.set())
+        self._refreshing = False
+        log_.on_commit(self._committed)
 
     async def start(self) -> None:
         """Set the head from the database; call before serving."""
@@ -94,26 +97,41 @@ class LabelFeed:
     async def refresh(self) -> int:
         """Read what was committed since the head and publish it; returns how many labels."""
         total = 0
-        previous = self.head
-        while True:
-            rows = await self.log.cbor_after(self.head, 1000)
-            if not rows:
-                break
-            for seq, cbor in rows:
-                self._seqs.append(seq)
-                self._frames.append(ws_binary(labels_frame(seq, cbor)))
-            self.head = rows[-1][0]
-            total += len(rows)
-        if total:
-            self._fan_out(previous, total)
-            self.published_total += total
-            if len(self._seqs) > 2 * self.recent:
-                cut = len(self._seqs) - self.recent
-                self._base = self._seqs[cut - 1]
-                del self._seqs[:cut], self._frames[:cut]
-            self._changed.set()
-            self._changed = anyio.Event()
+        self._refreshing = True
+        try:
+            while True:
+                rows = await self.log.cbor_after(self.head, 1000)
+                if not rows:
+                    break
+                self._publish(rows)
+                total += len(rows)
+        finally:
+            self._refreshing = False
         return total
+
+    def _committed(self, written: list[StoredLabel]) -> None:
+        """This process's writer committed `written`: publish it at once, without reading it back,
+        when it follows the head; after a gap (another process wrote in between) refresh reads."""
+        if (written and not self._refreshing and written[0].seq == self.head + 1
+                and written[-1].seq == self.head + len(written)):
+            self._publish([(s.seq, s.cbor) for s in written])
+        else:
+            self._poke.set()
+
+    def _publish(self, rows: list[tuple[int, bytes]]) -> None:
+        previous = self.head
+        for seq, cbor in rows:
+            self._seqs.append(seq)
+            self._frames.append(ws_binary(labels_frame(seq, cbor)))
+        self.head = rows[-1][0]
+        self._fan_out(previous, len(rows))
+        self.published_total += len(rows)
+        if len(self._seqs) > 2 * self.recent:
+            cut = len(self._seqs) - self.recent
+            self._base = self._seqs[cut - 1]
+            del self._seqs[:cut], self._frames[:cut]
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def _fan_out(self, previous: int, count: int) -> None:
         """Write the new frames straight to every caught-up live subscriber whose socket has
@@ -148,9 +166,12 @@ class LabelFeed:
         sub.wake = anyio.Event()
 
     # -- subscriber registry ----------------------------------------------------------------
-    def register(self, remote: str, user_agent: str, requested: int | None, cursor: int,
-                 connection: Any = None) -> Subscriber:
-        sub = Subscriber(next(self._ids), remote, user_agent, requested, cursor, connection)
+    def admit(self, remote: str, user_agent: str, requested: int | None) -> Subscriber | None:
+        """Count a new subscriber at once, before any await, so a burst cannot overshoot the cap;
+        None when the server is full. The caller sets its cursor once it knows the head."""
+        if len(self.subscribers) >= self.max_subscribers:
+            return None
+        sub = Subscriber(next(self._ids), remote, user_agent, requested, self.head)
         self.subscribers[sub.id] = sub
         return sub
 

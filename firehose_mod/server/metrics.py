@@ -30,16 +30,16 @@ class FeedCollector:
                                   value=feed.frames_sent_total)
         yield CounterMetricFamily("firehose_mod_bytes_sent", "subscribeLabels bytes sent.",
                                   value=feed.bytes_sent_total)
+        # Keyed by subscriber id only: /metrics is public, and who is connected from where is
+        # operator information (/admin/status has the addresses).
         lag = GaugeMetricFamily(
-            "firehose_mod_subscriber_lag", "Labels between the head and a subscriber's cursor.",
-            labels=["subscriber", "remote"],
+            "firehose_mod_subscriber_lag", "Labels between the head and a subscriber's cursor.", labels=["subscriber"],
         )
-        cursor = GaugeMetricFamily(
-            "firehose_mod_subscriber_cursor", "Last seq sent to a subscriber.", labels=["subscriber", "remote"]
-        )
+        cursor = GaugeMetricFamily("firehose_mod_subscriber_cursor", "Last seq sent to a subscriber.",
+                                   labels=["subscriber"])
         for s in list(feed.subscribers.values()):
-            lag.add_metric([str(s.id), s.remote], feed.head - s.cursor)
-            cursor.add_metric([str(s.id), s.remote], s.cursor)
+            lag.add_metric([str(s.id)], feed.head - s.cursor)
+            cursor.add_metric([str(s.id)], s.cursor)
         yield lag
         yield cursor
 
@@ -79,6 +79,10 @@ class ServerMetrics:
         )
         self.http_requests = Counter(
             "firehose_mod_http_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.queries_stopped = Counter(
+            "firehose_mod_queries_stopped", "queryLabels requests whose SQL was stopped by their budget.", ["reason"],
             registry=self.registry,
         )
         self.client_frames_ignored = Counter(

@@ -8,15 +8,17 @@
 - a send blocked longer than `send_timeout` (the client stopped reading): `ConsumerTooSlow`
   error frame, then close. Server memory per client stays at one page of frames plus the
   socket's write buffer whatever the client does.
+
+Frames are pre-framed WebSocket messages, identical for every subscriber, written straight to
+the connection's transport (`SubscriberSocket`): one syscall carries many labels. aiohttp's
+own writes (pongs, close) are whole frames too, so the two interleave at frame boundaries only.
 """
 
 from __future__ import annotations
 
 import anyio
 import structlog
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from aiohttp import WSMsgType, web
 
 from firehose_mod.server.feed import LabelFeed, Subscriber
 from firehose_mod.server.frames import error_frame
@@ -25,57 +27,108 @@ from firehose_mod.server.metrics import ServerMetrics
 log = structlog.get_logger(__name__)
 
 CHUNK_BYTES = 64 * 1024  # bytes per socket write; a page of frames is several writes
+CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame before it is cut
+MAX_CLIENT_MESSAGE = 64 * 1024  # subscribers have nothing to send us
 
 
 class ConsumerTooSlow(Exception):
     pass
 
 
+class SubscriberSocket:
+    """A subscriber's connection as the feed and the pump write to it."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request):
+        self.ws = ws
+        self._request = request
+        self._transport = request.transport
+        self._protocol = request.protocol
+
+    @property
+    def open(self) -> bool:
+        return not self.ws.closed and self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is above its high-water mark: wait for the client."""
+        return self._protocol.writing_paused
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        # aiohttp's flow-control wait (resolved by resume_writing, or raises on connection loss).
+        await self._protocol._drain_helper()
+
+    async def close(self, code: int, reason: str, frame: bytes | None = None) -> None:
+        """Send `frame` (an error), then the close frame; cut the connection after CLOSE_TIMEOUT."""
+        with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
+            try:
+                if frame is not None and not self.ws.closed:
+                    await self.ws.send_bytes(frame)
+                await self.ws.close(code=code, message=reason.encode())
+            except ConnectionError:
+                pass
+        if scope.cancelled_caught:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def websocket_response() -> web.WebSocketResponse:
+    # No per-client deflate (CPU per subscriber per frame); pings are ours (`_keepalive`).
+    return web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE, autoping=False,
+                                 timeout=CLOSE_TIMEOUT)
+
+
 async def serve_subscriber(
-    ws: ServerConnection,
-    feed: LabelFeed,
-    metrics: ServerMetrics,
-    *,
-    cursor: int | None,
-    remote: str,
-    send_timeout: float,
-) -> None:
-    """Run one subscribeLabels connection to its end."""
+    request: web.Request, sub: Subscriber, feed: LabelFeed, metrics: ServerMetrics, *,
+    send_timeout: float, ping_interval: float, ping_timeout: float,
+) -> web.WebSocketResponse:
+    """Run one subscribeLabels connection, already admitted as `sub`, to its end."""
+    ws = websocket_response()
+    await ws.prepare(request)
+    sock = sub.connection = SubscriberSocket(ws, request)
+    bound = log.bind(subscriber=sub.id, remote=sub.remote)
     head = await feed.log.head()  # the committed head, even if the feed has not published it yet
+    cursor = sub.requested_cursor
     if cursor is not None and cursor > head:
-        log.info("subscriber.future_cursor", remote=remote, cursor=cursor, head=head)
+        bound.info("subscriber.future_cursor", cursor=cursor, head=head)
         metrics.disconnects.labels("future_cursor").inc()
-        await close_with_error(ws, "FutureCursor", f"Cursor {cursor} is in the future (head is {head}).")
-        return
-    sub = feed.register(remote, ws.request.headers.get("User-Agent", ""), cursor, head if cursor is None else cursor, ws)
-    bound = log.bind(subscriber=sub.id, remote=remote)
+        await sock.close(1008, "FutureCursor", error_frame("FutureCursor", f"Cursor {cursor} is in the future (head is {head})."))
+        return ws
+    sub.cursor = head if cursor is None else cursor
+    sub.state = "backfill"
     bound.info("subscriber.connected", cursor=cursor, head=head)
     reason = "client_closed"
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain_client, ws, metrics, tg.cancel_scope)
+            tg.start_soon(_read_client, ws, metrics, sub, tg.cancel_scope)
+            tg.start_soon(_keepalive, sock, sub, ping_interval, ping_timeout)
             try:
-                await _pump(ws, feed, metrics, sub, send_timeout)
+                await _pump(sock, feed, sub, send_timeout)
             except ConsumerTooSlow:
                 reason = "consumer_too_slow"
-                bound.warning("subscriber.too_slow", cursor=sub.cursor, lag=feed.head - sub.cursor)
-                await close_with_error(ws, "ConsumerTooSlow", f"Stream consumer too slow (no progress in {send_timeout}s).")
-            except ConnectionClosed:
+            except ConnectionError:
                 pass
             tg.cancel_scope.cancel()
+        if reason == "consumer_too_slow":  # after the reader stopped: close() reads the answer itself
+            bound.warning("subscriber.too_slow", cursor=sub.cursor, lag=feed.head - sub.cursor)
+            await sock.close(1008, "ConsumerTooSlow", error_frame(
+                "ConsumerTooSlow", f"Stream consumer too slow (no progress in {send_timeout}s)."))
     finally:
-        feed.unregister(sub)
-        if reason == "client_closed" and ws.close_code not in (None, 1000, 1001):
+        if sub.keepalive_failed:
+            reason = "ping_timeout"
+        elif reason == "client_closed" and ws.close_code not in (None, 1000, 1001):
             reason = f"close_{ws.close_code}"
         metrics.disconnects.labels(reason).inc()
         bound.info("subscriber.disconnected", reason=reason, cursor=sub.cursor, frames_sent=sub.frames_sent)
+    return ws
 
 
-async def _pump(ws: ServerConnection, feed: LabelFeed, metrics: ServerMetrics, sub: Subscriber, timeout: float) -> None:
-    # The frames are pre-framed WebSocket messages (identical for every subscriber), written
-    # straight to the socket in chunks: one syscall for many labels. websockets' own writes
-    # (pings, close) are whole frames too, so they interleave at frame boundaries only.
-    transport = ws.transport
+async def _pump(sock: SubscriberSocket, feed: LabelFeed, sub: Subscriber, timeout: float) -> None:
     while True:
         seqs, frames = await feed.frames_after(sub.cursor)
         if not seqs:
@@ -88,40 +141,53 @@ async def _pump(ws: ServerConnection, feed: LabelFeed, metrics: ServerMetrics, s
             while j < len(seqs) and (size < CHUNK_BYTES or j == i):
                 size += len(frames[j])
                 j += 1
-            if ws.state is not State.OPEN:
-                return  # closing: the close handshake is websockets' business
-            transport.write(b"".join(frames[i:j]) if j - i > 1 else frames[i])
+            if not sock.open:
+                return  # closing: the close handshake is aiohttp's business
+            sock.write(b"".join(frames[i:j]) if j - i > 1 else frames[i])
             sub.cursor = seqs[j - 1]
             sub.frames_sent += j - i
             sub.bytes_sent += size
             feed.frames_sent_total += j - i
             feed.bytes_sent_total += size
             i = j
-            if ws.paused:  # the socket buffer is above websockets' write limit: wait for the client
+            if sock.paused:  # the socket buffer is above its high-water mark: wait for the client
                 try:
                     with anyio.fail_after(timeout):
-                        await ws.drain()
+                        await sock.drain()
                 except TimeoutError:
                     raise ConsumerTooSlow from None
 
 
-async def _drain_client(ws: ServerConnection, metrics: ServerMetrics, scope: anyio.CancelScope) -> None:
-    """Read (and ignore) what the client sends, so a closed connection ends the pump at once."""
+async def _read_client(ws: web.WebSocketResponse, metrics: ServerMetrics, sub: Subscriber,
+                       scope: anyio.CancelScope) -> None:
+    """Answer pings, note pongs, ignore the rest; a close or a broken frame ends the connection."""
     try:
-        async for _ in ws:
-            metrics.client_frames_ignored.inc()
-    except ConnectionClosed:
+        async for msg in ws:
+            if msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                sub.pong.set()
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                metrics.client_frames_ignored.inc()
+            else:  # ERROR: a frame that breaks the protocol
+                break
+    except ConnectionError:
         pass
     scope.cancel()
 
 
-async def close_with_error(ws: ServerConnection, error: str, message: str) -> None:
-    """Send an error frame then close with 1008 and the error name, as the reference server does."""
-    with anyio.move_on_after(2):
+async def _keepalive(sock: SubscriberSocket, sub: Subscriber, interval: float, timeout: float) -> None:
+    """A ping every `interval` s; no pong within `timeout` s: the connection is dead, cut it."""
+    while True:
+        await anyio.sleep(interval)
+        sub.pong = anyio.Event()
         try:
-            await ws.send(error_frame(error, message))
-            await ws.close(1008, error)
-        except ConnectionClosed:
+            await sock.ws.ping()
+        except ConnectionError:
+            return  # the reader sees the end of the connection
+        with anyio.move_on_after(timeout):
+            await sub.pong.wait()
+        if not sub.pong.is_set():
+            sub.keepalive_failed = True
+            sock.abort()
             return
-    if ws.state.name != "CLOSED":
-        ws.transport.abort()

@@ -10,6 +10,7 @@ Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,8 @@ import structlog
 from firehose_mod.labels.model import Label, now_iso, validate_label_fields
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db, transaction
-from firehose_mod.store.query import build_query, prefix_upper_bound
+from firehose_mod.store.decisions import DecisionWriter
+from firehose_mod.store.query import QueryBudget, QueryConnections, build_query, prefix_upper_bound
 
 log = structlog.get_logger(__name__)
 
@@ -60,17 +62,20 @@ class LabelLog:
     """The public API of the label log; see the module docstring for the write rules."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str,
-                 *, path: Path | None = None, busy_wait: float | None = None):
+                 *, path: Path | None = None, busy_wait: float | None = None, queries: QueryConnections | None = None):
         self._writer = writer
         self._path = path
         # How long a write waits for another process's lock: None (the daemon) is for ever;
         # an operator command says who holds it after this many seconds.
         self.busy_wait = busy_wait
-        # An operator command writing many batches (a burst, `rescan --apply`) pauses this long
-        # after each commit, so the daemon's own writes (ingest, scans) get the lock between its
-        # batches instead of starving behind them: SQLite's busy wait is not first-come.
-        self.pause_after_commit = 0.0 if busy_wait is None else 0.1
+        # An operator command (a burst, `rescan --apply`) pauses after each commit for as long as
+        # the commit held the lock, so the daemon's own writes (ingest, scans), polling in SQLite's
+        # busy handler, get the lock between its batches instead of starving behind them (the busy
+        # wait is not first come, first served). A label at a time pauses a few milliseconds.
+        self.yield_to_daemon = busy_wait is not None
         self._reader = reader
+        # queryLabels runs on connections of its own: the live stream reads from `_reader`.
+        self._queries = queries or QueryConnections([reader], owned=False)
         self.key = key
         self.src = src
         self._listeners: list[Callable[[list[StoredLabel]], None]] = []
@@ -87,9 +92,16 @@ class LabelLog:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, key, src, path=path, busy_wait=busy_wait)
+        try:
+            queries = await QueryConnections.open(path)
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
+        return cls(writer, reader, key, src, path=path, busy_wait=busy_wait, queries=queries)
 
     async def close(self) -> None:
+        await self._queries.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -107,20 +119,21 @@ class LabelLog:
 
     async def emit_many(
         self, requests: Iterable[EmitRequest], *,
-        also: Callable[[aiosqlite.Connection, list[StoredLabel]], Awaitable[object]] | None = None,
+        also: Callable[[DecisionWriter, list[StoredLabel]], Awaitable[object]] | None = None,
     ) -> list[StoredLabel]:
         """Append several labels in one transaction; requests that change nothing are skipped.
 
-        `also(db, written)` runs inside the same transaction, after the labels are inserted, so
-        records that must agree with the labels (the decisions behind them) commit with them.
+        `also(decisions, written)` runs inside the same transaction, after the labels are inserted,
+        so the decisions behind the labels (written through `decisions`) commit with them.
         """
         requests = list(requests)
         for r in requests:
             validate_label_fields(r.uri, r.val, r.cid, r.exp)
         async with self._write_lock:
+            started = time.monotonic()
             written = await self._append(requests, also)
-            if self.pause_after_commit:
-                await anyio.sleep(self.pause_after_commit)
+            if self.yield_to_daemon:
+                await anyio.sleep(min(1.0, time.monotonic() - started))
         if written:
             for s in written:
                 log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
@@ -161,7 +174,7 @@ class LabelLog:
                     states,
                 )
             if also is not None:
-                await also(db, written)
+                await also(DecisionWriter(db), written)
         return written
 
     async def _currents(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
@@ -251,12 +264,14 @@ class LabelLog:
         return cached
 
     async def query(
-        self, patterns: list[str], sources: list[str], limit: int, cursor: int = 0
+        self, patterns: list[str], sources: list[str], limit: int, cursor: int = 0,
+        budget: QueryBudget = QueryBudget(),
     ) -> list[StoredLabel]:
         """The current label (latest per uri, val, src) of subjects matching `patterns`, by seq.
 
         A pattern ending in `*` is a prefix, `*` alone matches everything, anything else is
-        exact; comparisons are exact and case-sensitive (no SQL LIKE).
+        exact; comparisons are exact and case-sensitive (no SQL LIKE). Runs on the query
+        connections within `budget` (`BudgetExceeded` when it runs out).
         """
         where, params = build_query(patterns, sources)
         # For uri patterns, `+s.seq` keeps SQLite off the seq index so it searches the uri
@@ -267,8 +282,7 @@ class LabelLog:
             f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))} FROM label_state s"
             f" JOIN labels l ON l.seq = s.seq WHERE {seq} > ? AND ({where}) ORDER BY {seq} LIMIT ?"
         )
-        async with self._reader.execute(sql, (cursor, *params, limit)) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        return [_row(r) for r in await self._queries.fetchall(sql, (cursor, *params, limit), budget)]
 
     async def in_force(self, uri: str) -> list[Label]:
         """The labels of this labeler currently in force on `uri` (not negated, not expired)."""
