@@ -10,11 +10,14 @@ raises `ConfigError` with a message that names the source and says how to fix it
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from firehose_mod.syntax import IdentifierError, check_collection_pattern, check_did
 
 ENV_PREFIX = "FIREHOSE_MOD_"
 
@@ -142,6 +145,49 @@ class Settings:
     audd_max_units_per_track: int = field(
         default=60, metadata=_meta("audd", "max_units_per_track", "cost cap: chunks per track at most")
     )
+    review_operator: str = field(
+        default="", metadata=_meta("review", "operator", "operator the CLI's review commands act as without --as")
+    )
+    triage_enabled: bool = field(default=False, metadata=_meta("triage", "enabled", "let an LLM propose decisions"))
+    triage_provider: str = field(default="openai", metadata=_meta("triage", "provider", "openai (any"
+                                                                  " /chat/completions server) or anthropic"))
+    triage_endpoint: str = field(default="", metadata=_meta("triage", "endpoint", "API base URL (default: the"
+                                                            " provider's own)"))
+    triage_model: str = field(default="", metadata=_meta("triage", "model", "model name"))
+    triage_api_key: str = field(default="", metadata=_meta("triage", "api_key", "API key"))
+    triage_agent_name: str = field(default="triage", metadata=_meta("triage", "agent_name",
+                                                                    "the agent's name in the event log"))
+    triage_kinds: tuple[str, ...] = field(default=("copyright", "cover-art", "text"),
+                                          metadata=_meta("triage", "kinds", "item kinds sent to the model"))
+    triage_auto_apply: tuple[str, ...] = field(
+        default=(), metadata=_meta("triage", "auto_apply", "item kinds whose FALSE_POSITIVE proposals are applied"))
+    triage_send_media: bool = field(default=False, metadata=_meta("triage", "send_media",
+                                                                  "also send the cover image URL"))
+    triage_batch_size: int = field(default=20, metadata=_meta("triage", "batch_size", "items per triage pass"))
+    triage_concurrency: int = field(default=2, metadata=_meta("triage", "concurrency", "calls in flight at once"))
+    triage_max_retries: int = field(default=3, metadata=_meta("triage", "max_retries",
+                                                              "retries of a call (429, 5xx, 529, timeouts)"))
+    triage_timeout: float = field(default=60.0, metadata=_meta("triage", "timeout", "seconds one call may take"))
+    triage_interval: float = field(default=60.0, metadata=_meta("triage", "interval", "seconds between passes"))
+    triage_daily_budget_usd: float = field(default=1.0, metadata=_meta("triage", "daily_budget_usd",
+                                                                       "spend cap per UTC day"))
+    triage_price_input_per_mtok: float = field(default=0.0, metadata=_meta("triage", "price_input_per_mtok",
+                                                                           "USD per million input tokens"))
+    triage_price_output_per_mtok: float = field(default=0.0, metadata=_meta("triage", "price_output_per_mtok",
+                                                                            "USD per million output tokens"))
+    triage_max_tokens: int = field(default=512, metadata=_meta("triage", "max_tokens", "answer length cap"))
+    notify_webhook_url: str = field(default="", metadata=_meta("notify", "webhook_url",
+                                                               "POST a signed JSON notice here when items wait"))
+    notify_webhook_secret: str = field(default="", metadata=_meta("notify", "webhook_secret",
+                                                                  "HMAC-SHA256 key for the notice's signature"))
+    notify_interval: float = field(default=900.0, metadata=_meta("notify", "interval",
+                                                                 "seconds between notices at most"))
+    notify_dm_recipients: tuple[str, ...] = field(default=(), metadata=_meta("notify", "dm_recipients",
+                                                                             "DIDs to send a Bluesky DM"))
+    notify_dm_handle: str = field(default="", metadata=_meta("notify", "dm_handle", "account the DMs come from"))
+    notify_dm_password: str = field(default="", metadata=_meta("notify", "dm_password", "its app password"))
+    notify_dm_service: str = field(default="https://bsky.social", metadata=_meta("notify", "dm_service",
+                                                                               "that account's PDS"))
     log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
     log_format: str = field(
         default="auto", metadata=_meta("log", "format", "auto (console on a terminal, else JSON), json or console")
@@ -266,8 +312,6 @@ def validate(s: Settings) -> None:
 
     if not 0 <= s.port <= 65535:
         raise bad("port", f"{s.port} is not a TCP port (0-65535)")
-    from firehose_mod.syntax import IdentifierError, check_did
-
     try:
         check_did(s.did, what="the labeler DID")
     except IdentifierError as exc:
@@ -290,12 +334,13 @@ def validate(s: Settings) -> None:
         raise bad("public_url", f"{s.public_url!r} must start with https://")
     if s.ingest_source not in ("jetstream", "firehose", "none"):
         raise bad("ingest_source", f"{s.ingest_source!r}: use jetstream (default), firehose or none")
-    try:
-        from firehose_mod.ingest.filters import Collections
-
-        Collections.parse(list(s.collections))
-    except ValueError as exc:
-        raise bad("collections", str(exc)) from None
+    if not s.collections:
+        raise bad("collections", "no collections wanted: name one, e.g. fm.plyr.track")
+    for pattern in s.collections:
+        try:
+            check_collection_pattern(pattern)
+        except IdentifierError as exc:
+            raise bad("collections", str(exc)) from None
     for name in ("jetstream_endpoints", "relay_endpoints"):
         for url in getattr(s, name):
             if not url.startswith(("ws://", "wss://")):
@@ -308,9 +353,7 @@ def validate(s: Settings) -> None:
         raise bad("ingest_read_timeout", "must be a positive number of seconds")
     if s.scan_workers < 1:
         raise bad("scan_workers", "must be at least 1")
-    known = {"self-labels", "text", "cover-art", "copyright", "audd"}
-    if unknown := [x for x in s.scanners if x not in known]:
-        raise bad("scanners", f"unknown scanner(s) {unknown}; known: {sorted(known)}")
+    # Scanner names are checked against the registry's table (scan/registry.py `enabled`).
     for name in ("pdq_blocklist", "text_blocklist", "policy_file"):
         path = getattr(s, name)
         if path is not None and not path.is_file():
@@ -320,14 +363,50 @@ def validate(s: Settings) -> None:
     for name in ("media_cache_max_mb", "media_max_audio_mb", "media_max_image_mb"):
         if getattr(s, name) < 1:
             raise bad(name, "must be at least 1")
-    try:
-        from firehose_mod.scan.netguard import parse_networks
-
-        parse_networks(s.media_allow_networks)
-    except ValueError as exc:
-        raise bad("media_allow_networks", str(exc)) from None
+    for net in s.media_allow_networks:  # as scan.netguard.parse_networks reads them
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError:
+            raise bad("media_allow_networks", f"not an IP network: {net!r} (expected e.g. 127.0.0.1/32)") from None
+    _validate_review(s, bad)
     if s.audd_enabled and not s.audd_api_token:
         raise bad("audd_api_token", "AudD is enabled but has no token: set FIREHOSE_MOD_AUDD_API_TOKEN or disable it")
     for name in ("audd_skip", "audd_every", "audd_limit", "audd_max_units_per_track"):
         if getattr(s, name) < (0 if name == "audd_skip" else 1):
             raise bad(name, "out of range")
+
+
+def _validate_review(s: Settings, bad) -> None:
+    """[review], [triage] and [notify]."""
+    from firehose_mod.review.states import KINDS
+
+    if s.triage_provider not in ("openai", "anthropic"):
+        raise bad("triage_provider", f"{s.triage_provider!r}: use openai (or a compatible server) or anthropic")
+    if s.triage_enabled and not s.triage_model:
+        raise bad("triage_model", "triage is enabled but no model is named")
+    for name in ("triage_kinds", "triage_auto_apply"):
+        if unknown := [k for k in getattr(s, name) if k not in KINDS]:
+            raise bad(name, f"unknown item kind {unknown[0]!r}: use {', '.join(KINDS)}")
+    for name in ("triage_batch_size", "triage_concurrency", "triage_max_tokens"):
+        if getattr(s, name) < 1:
+            raise bad(name, "must be at least 1")
+    for name in ("triage_timeout", "triage_interval", "notify_interval"):
+        if getattr(s, name) <= 0:
+            raise bad(name, "must be a positive number of seconds")
+    for name in ("triage_max_retries", "triage_daily_budget_usd", "triage_price_input_per_mtok",
+                 "triage_price_output_per_mtok"):
+        if getattr(s, name) < 0:
+            raise bad(name, "must not be negative")
+    for name in ("triage_endpoint", "notify_webhook_url", "notify_dm_service"):
+        url = getattr(s, name)
+        if url and not url.startswith(("https://", "http://")):
+            raise bad(name, f"{url!r} must be an https:// URL")
+    if s.notify_webhook_url and not s.notify_webhook_secret:
+        raise bad("notify_webhook_secret", "a webhook needs a secret to sign its notices (FIREHOSE_MOD_NOTIFY_WEBHOOK_SECRET)")
+    if s.notify_dm_recipients and not (s.notify_dm_handle and s.notify_dm_password):
+        raise bad("notify_dm_handle", "DMs need the sending account's handle and app password")
+    for did in s.notify_dm_recipients:
+        try:
+            check_did(did, what="a DM recipient")
+        except IdentifierError as exc:
+            raise bad("notify_dm_recipients", str(exc)) from None

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=20)
     dead.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    from firehose_mod.cli.review import add_parsers as add_review_parsers
+
+    add_review_parsers(sub)
+
     status = sub.add_parser("status", help="head seq, key, and each live subscriber with its cursor and lag")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
     status.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")

@@ -8,6 +8,7 @@ from firehose_mod.cli.common import CommandError
 from firehose_mod.cli.ingest import backfill, dead_letters, replay
 from firehose_mod.cli.labels import key_create, key_show, label_emit, label_seq_floor, label_tail, status
 from firehose_mod.cli.policy import catalogue, explain, rescan, scan
+from firehose_mod.cli.review import operator, review
 from firehose_mod.config import Settings
 from firehose_mod.daemon import run_forever, serve_forever
 
@@ -44,6 +45,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await explain(settings, args)
         case "scan":
             return await scan(settings, args)
+        case "review":
+            return await review(settings, args)
+        case "operator":
+            return await operator(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from firehose_mod.labels.model import format_datetime
 from firehose_mod.store.decisions import DecisionStore, ReviewItem
+from firehose_mod.store.review import ModerationEvent
 from firehose_mod.store.label_log import LabelLog, StoredLabel
 
 HAND_EMITTED = "no decision recorded (emitted by hand)"
@@ -76,6 +77,22 @@ class LabelView:
 
 
 @dataclass
+class EventView:
+    """One moderation event on a review item (review/states.py maps the names onto Ozone's)."""
+
+    id: int
+    created: str
+    event_type: str  # Ozone's name: modEventReport, modEventLabel, modEventAcknowledge, ...
+    action: str  # ours: open, propose, confirm, reject, allow, escalate, comment, delete, resolve
+    state_before: str | None
+    state_after: str
+    actor: str  # "kind name (via)"
+    reason: str | None
+    labels: list[dict]  # [{seq, val, neg}] written with the event
+    details: dict  # the proposal, what it accepted or overturned (evidence left out: see findings)
+
+
+@dataclass
 class ReviewView:
     id: int
     opened: str
@@ -87,6 +104,10 @@ class ReviewView:
     resolution: str | None
     resolved_by: str | None
     resolved_at: str | None
+    status: str = "open"  # open | proposed | escalated | confirmed | rejected | allowed | content-deleted | resolved
+    kind: str = "other"
+    source: str = "scan"
+    events: list[EventView] = field(default_factory=list)
 
 
 @dataclass
@@ -148,7 +169,10 @@ async def explain(label_log: LabelLog, decisions: DecisionStore, subject: str) -
         else:
             view.note = _unwritten_note(r)
             out.other_decisions.append(view)
-    out.reviews = [_review_view(item) for item in await decisions.reviews_for(subject)]
+    events: dict[int, list[EventView]] = {}
+    for e in await decisions.review_events(subject):
+        events.setdefault(e.item_id, []).append(_event_view(e))
+    out.reviews = [_review_view(item, events.get(item.id, [])) for item in await decisions.reviews_for(subject)]
     if kind == "account":
         out.records = await _records_of(label_log, decisions, f"at://{subject}/")
     return out
@@ -198,10 +222,16 @@ def _unwritten_note(r: dict) -> str:
     return "not in force: nothing to negate"
 
 
-def _review_view(item: ReviewItem) -> ReviewView:
+def _review_view(item: ReviewItem, events: list[EventView]) -> ReviewView:
     return ReviewView(item.id, item.created, item.cid, item.value, item.reason,
                       [_finding_view(f) for f in item.evidence], item.state, item.resolution, item.resolved_by,
-                      item.resolved_at)
+                      item.resolved_at, item.status, item.kind, item.source, events)
+
+
+def _event_view(e: ModerationEvent) -> EventView:
+    details = {k: v for k, v in e.payload.items() if k != "evidence"}
+    return EventView(e.id, e.created, e.event_type, e.action, e.state_before, e.state_after,
+                     f"{e.actor_kind} {e.actor_name} ({e.actor_via})", e.reason, e.labels, details)
 
 
 async def _records_of(label_log: LabelLog, decisions: DecisionStore, prefix: str) -> list[RecordSummary]:
@@ -288,10 +318,11 @@ def render_text(expl: Explanation) -> str:
     if expl.reviews:
         lines += ["", "reviews:"]
         for r in expl.reviews:
-            lines.append(f"  #{r.id} {r.value}: opened {r.opened} ({r.reason}), {r.state}")
+            lines.append(f"  #{r.id} {r.value} ({r.kind}, from {r.source}): opened {r.opened} ({r.reason}), {r.status}")
             if r.state == "resolved":
                 lines.append(f"    resolved {r.resolution!r} by {r.resolved_by} at {r.resolved_at}")
             lines += [f"    - {f.scanner}: {f.summary}" for f in r.findings]
+            lines += [_event_line(e) for e in r.events]
     if expl.other_decisions:
         lines += ["", "decisions that wrote no label:"]
         for d in expl.other_decisions:
@@ -310,6 +341,13 @@ def render_text(expl: Explanation) -> str:
                          f"  open reviews: {', '.join(rec.open_reviews) or '-'}"
                          f"  decisions: {rec.decisions} (last {rec.last_decision or '-'})")
     return "\n".join(lines) + "\n"
+
+
+def _event_line(e: EventView) -> str:
+    labels = " ".join(f"{'-' if x['neg'] else '+'}{x['val']} (seq {x['seq']})" for x in e.labels)
+    proposal = f" proposes {e.details['decision']}" if e.action == "propose" else ""
+    return (f"    {e.created} {e.event_type} {e.action}{proposal} by {e.actor}: {e.state_before or '-'} -> {e.state_after}"
+            + (f", {labels}" if labels else "") + (f"; {e.reason}" if e.reason else ""))
 
 
 def _label_heading(lv: LabelView) -> str:

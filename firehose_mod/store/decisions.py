@@ -16,6 +16,11 @@ import aiosqlite
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.db import Store
 from firehose_mod.store.query import prefix_upper_bound
+from firehose_mod.store.review import (
+    ITEM_COLUMNS, POLICY_ACTOR, ModerationEvent, ReviewItem, ReviewWriter, events_for_uri, item_from_row,
+)
+
+__all__ = ["DecisionRow", "DecisionStore", "DecisionWriter", "ReviewItem", "write_decisions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +37,6 @@ class DecisionRow:
     label_seq: int | None = None
     actor: str | None = None
     reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReviewItem:
-    id: int
-    uri: str
-    cid: str | None
-    value: str
-    reason: str
-    evidence: list
-    state: str
-    resolution: str | None
-    resolved_by: str | None
-    resolved_at: str | None
-    created: str
 
 
 def _finding_json(findings) -> str:
@@ -78,6 +68,17 @@ class DecisionStore(Store):
                 latest[value] = origin if action == "label" else f"negated-by-{origin}"
         return latest
 
+    async def overruled(self, uri: str, cid: str | None) -> set[str]:
+        """Values whose latest label decision on `uri` is a negation a person (or an agent the
+        policy let act) made for version `cid`: a scan of that same version must not undo it."""
+        async with self._reading(
+            "SELECT value, origin, action, cid FROM decisions WHERE uri = ? AND action IN ('label', 'negate')"
+            " ORDER BY id", (uri,)
+        ) as cur:
+            latest = {value: (origin, action, c) for value, origin, action, c in await cur.fetchall()}
+        return {v for v, (origin, action, c) in latest.items()
+                if action == "negate" and origin not in ("policy", "delete") and c == cid}
+
     async def history(self, uri: str) -> list[dict]:
         async with self._reading("SELECT * FROM decisions WHERE uri = ? ORDER BY id", (uri,)) as cur:
             cols = [c[0] for c in cur.description]
@@ -89,25 +90,35 @@ class DecisionStore(Store):
 
     # -- review queue -----------------------------------------------------------------------
     async def open_reviews(self, uri: str | None = None, limit: int = 100) -> list[ReviewItem]:
-        sql = "SELECT * FROM review_items WHERE state = 'open'" + (" AND uri = ?" if uri else "") + " ORDER BY id LIMIT ?"
+        sql = (f"SELECT {ITEM_COLUMNS} FROM review_items WHERE state = 'open'" + (" AND uri = ?" if uri else "")
+               + " ORDER BY id LIMIT ?")
         async with self._reading(sql, (uri, limit) if uri else (limit,)) as cur:
-            return [_review(r) for r in await cur.fetchall()]
+            return [item_from_row(r) for r in await cur.fetchall()]
+
+    async def settled_reviews(self, uri: str, cid: str | None) -> set[str]:
+        """Values a review of `uri` at `cid` would not open: an item waits, or a person decided this version."""
+        async with self._reading(
+            "SELECT DISTINCT value FROM review_items WHERE uri = ? AND (state = 'open'"
+            " OR (cid IS ? AND status IN ('confirmed', 'rejected', 'allowed')))", (uri, cid)
+        ) as cur:
+            return {v for (v,) in await cur.fetchall()}
 
     async def reviews_for(self, uri: str) -> list[ReviewItem]:
-        async with self._reading("SELECT * FROM review_items WHERE uri = ? ORDER BY id", (uri,)) as cur:
-            return [_review(r) for r in await cur.fetchall()]
+        async with self._reading(f"SELECT {ITEM_COLUMNS} FROM review_items WHERE uri = ? ORDER BY id", (uri,)) as cur:
+            return [item_from_row(r) for r in await cur.fetchall()]
 
     async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
-        """Close the open review items of `uri` (optionally only `values`); returns how many."""
+        """Close the waiting review items of `uri` (optionally only `values`); returns how many.
+
+        "content-deleted" records a #recordEvent (op delete); any other resolution a
+        #modEventAcknowledge with the resolution as its reason. Both by the system actor `actor`.
+        """
         async with self._lock, self._transaction() as db:
-            sql = "UPDATE review_items SET state = 'resolved', resolution = ?, resolved_by = ?, resolved_at = ?" \
-                  " WHERE uri = ? AND state = 'open'"
-            params: list = [resolution, actor, now_iso(), uri]
-            if values:
-                sql += f" AND value IN ({', '.join('?' * len(values))})"
-                params += values
-            cur = await db.execute(sql, params)
-            return cur.rowcount
+            return await ReviewWriter(db).close_waiting(uri, resolution, actor, values)
+
+    async def review_events(self, uri: str) -> list[ModerationEvent]:
+        """The moderation event log of `uri` (every item on it), in order."""
+        return await events_for_uri(self, uri)
 
     async def counts(self) -> dict[str, int]:
         async with self._reading("SELECT state, count(*) FROM review_items GROUP BY state") as cur:
@@ -131,16 +142,11 @@ class DecisionStore(Store):
         where, params = _prefix_range("uri", prefix)
         # Without ANALYZE statistics SQLite prefers review_state and walks every open item.
         async with self._reading(
-            f"SELECT * FROM review_items INDEXED BY review_open WHERE state = 'open' AND {where} ORDER BY uri, id",
+            f"SELECT {ITEM_COLUMNS} FROM review_items INDEXED BY review_open WHERE state = 'open' AND {where}"
+            " ORDER BY uri, id",
             params,
         ) as cur:
-            return [_review(r) for r in await cur.fetchall()]
-
-
-def _review(row) -> ReviewItem:
-    (id_, uri, cid, value, reason, evidence, state, resolution, resolved_by, resolved_at, created) = row
-    return ReviewItem(id_, uri, cid, value, reason, json.loads(evidence), state, resolution, resolved_by,
-                      resolved_at, created)
+            return [item_from_row(r) for r in await cur.fetchall()]
 
 
 def _prefix_range(column: str, prefix: str) -> tuple[str, list]:
@@ -149,6 +155,27 @@ def _prefix_range(column: str, prefix: str) -> tuple[str, list]:
     if upper is None:
         return f"{column} >= ?", [prefix]
     return f"{column} >= ? AND {column} < ?", [prefix, upper]
+
+
+class DecisionWriter:
+    """Decision and review writes inside a transaction someone else holds: what the label log
+    hands `emit_many(also=...)`, so a caller outside store/ never holds the raw connection."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def write(self, rows: list[DecisionRow], reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
+        """`write_decisions` in the held transaction; returns the review items opened."""
+        return await write_decisions(self._db, rows, reviews)
+
+    @property
+    def review(self) -> ReviewWriter:
+        """Review items and moderation events in the same transaction (the review desk's writes)."""
+        return ReviewWriter(self._db)
+
+    async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
+        """`DecisionStore.resolve_reviews` inside the held transaction (e.g. with a delete's negations)."""
+        return await ReviewWriter(self._db).close_waiting(uri, resolution, actor, values)
 
 
 async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
@@ -168,10 +195,7 @@ async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
              json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
              r.actor, r.reason, now),
         )
-    for uri, cid, value, reason, findings in reviews:
-        cur = await db.execute(
-            "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (uri, cid, value, reason, _finding_json(findings), now),
-        )
-        opened += cur.rowcount
+    writer = ReviewWriter(db)
+    for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
+        opened += await writer.open_item(uri, cid, value, reason, findings, actor=POLICY_ACTOR) is not None
     return opened
