@@ -24,7 +24,7 @@ from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.ingest.verify import CommitVerifier
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.review.metrics import ReviewCollector
-from firehose_mod.review.service import open_review
+from firehose_mod.review.service import ReviewServices, open_review
 from firehose_mod.scan.metrics import ScanCollector
 from firehose_mod.scan.registry import open_engine
 from firehose_mod.scan.worker import ScanWorkers
@@ -67,7 +67,8 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
 
 
 async def run_server(
-    settings: Settings, label_log: LabelLog, *, task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED
+    settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *,
+    task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `label_log` until cancelled; reports the started server through `task_status`."""
     feed = LabelFeed(
@@ -81,7 +82,7 @@ async def run_server(
     metrics = ServerMetrics(feed)
     label_log.on_commit(lambda written: metrics.labels_written.inc(len(written)))
     # The operator credential for /admin/*: a file only the data directory's owner can read.
-    server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir))
+    server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir), review=review)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
@@ -126,7 +127,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                               negate_on_delete=settings.negate_on_delete)
 
         async with anyio.create_task_group() as tg:
-            server = await tg.start(run_server, settings, label_log)
+            server = await tg.start(run_server, settings, label_log, review)
             server.metrics.registry.register(ScanCollector(engine))
             tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
