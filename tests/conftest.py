@@ -13,6 +13,8 @@ from firehose_mod.daemon import open_label_log, run_server
 from firehose_mod.server.app import LabelServer
 from firehose_mod.store import LabelLog
 
+from tests.helpers.review import d  # noqa: F401 - the review desk fixture, shared by the desk's tests
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -15,17 +15,10 @@ from firehose_mod.review.notify import SIGNATURE_HEADER, Notifier, NotifyConfig,
 from tests.conftest import uri
 from tests.fakes.chat import FakeChatPDS
 from tests.fakes.webhook import FakeWebhook
-from tests.helpers.review import open_desk
 
 pytestmark = pytest.mark.anyio
 SECRET = "s3cret-for-hmac"
 RECIPIENT = "did:plc:moderatorabcdefghijklmno"
-
-
-@pytest.fixture
-async def d(settings, label_log):
-    async with open_desk(settings, label_log) as desk:
-        yield desk
 
 
 @pytest.fixture

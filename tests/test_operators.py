@@ -9,15 +9,8 @@ import pytest
 
 from firehose_mod.review.actors import Actor, Forbidden, Unauthenticated
 from tests.conftest import uri
-from tests.helpers.review import open_desk
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def d(settings, label_log):
-    async with open_desk(settings, label_log) as desk:
-        yield desk
 
 
 async def test_a_token_is_shown_once_and_only_its_hash_is_stored(d, settings):

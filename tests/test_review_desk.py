@@ -11,16 +11,10 @@ from firehose_mod.review import states as st
 from firehose_mod.review.actors import system_actor
 from firehose_mod.store.review import ItemQuery
 from tests.conftest import uri
-from tests.helpers.review import CID1, CID2, open_desk
+from tests.helpers.review import CID1, CID2
 
 pytestmark = pytest.mark.anyio
 VALUE = "copyright-violation"
-
-
-@pytest.fixture
-async def d(settings, label_log):
-    async with open_desk(settings, label_log) as desk:
-        yield desk
 
 
 async def test_a_scan_opens_an_item_with_a_report_event_by_the_policy(d):

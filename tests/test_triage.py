@@ -9,15 +9,9 @@ import pytest
 from firehose_mod.review.triage import TriageAgent, TriageConfig
 from tests.conftest import uri
 from tests.fakes import llm as fake
-from tests.helpers.review import CID1, open_desk
+from tests.helpers.review import CID1
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def d(settings, label_log):
-    async with open_desk(settings, label_log) as desk:
-        yield desk
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
+
 from firehose_mod.review.actors import Actor, Operators, system_actor
 from firehose_mod.review.desk import ReviewDesk
 from firehose_mod.store import LabelLog
@@ -55,3 +57,10 @@ async def open_desk(settings, label_log: LabelLog):
     finally:
         for s in (store, operator_store, decisions):
             await s.close()
+
+
+@pytest.fixture
+async def d(settings, label_log):
+    """The desk with three operators (alice admin, mo moderator, bot agent) over a real database."""
+    async with open_desk(settings, label_log) as desk:
+        yield desk
