@@ -30,6 +30,7 @@ from firehose_mod.scan.registry import open_engine
 from firehose_mod.scan.worker import ScanWorkers
 from firehose_mod.server.admin import load_or_create_token
 from firehose_mod.server.app import LabelServer
+from firehose_mod.server.desk_media import DeskMedia
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
@@ -67,7 +68,7 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
 
 
 async def run_server(
-    settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *,
+    settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *, media=None,
     task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `label_log` until cancelled; reports the started server through `task_status`."""
@@ -82,7 +83,8 @@ async def run_server(
     metrics = ServerMetrics(feed)
     label_log.on_commit(lambda written: metrics.labels_written.inc(len(written)))
     # The operator credential for /admin/*: a file only the data directory's owner can read.
-    server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir), review=review)
+    server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir), review=review,
+                         media=media)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
@@ -114,8 +116,12 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         stack.push_async_callback(close_shielded, store)
-        engine = (await stack.enter_async_context(open_engine(settings, label_log))).engine
+        scanning = await stack.enter_async_context(open_engine(settings, label_log))
+        engine = scanning.engine
         review = await stack.enter_async_context(open_review(settings, label_log, daemon=True))
+        # The admin page's excerpts and thumbnails: from the scanners' own fetcher and cache
+        # (a second fetcher on the same cache would delete the scanners' downloads in progress).
+        desk_media = await stack.enter_async_context(DeskMedia(settings, review.store, fetcher=scanning.media))
         watched = await store.known_dids()
         verifier = None
         if settings.verify_commits:
@@ -127,7 +133,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                               negate_on_delete=settings.negate_on_delete)
 
         async with anyio.create_task_group() as tg:
-            server = await tg.start(run_server, settings, label_log, review)
+            server = await tg.start(partial(run_server, settings, label_log, review, media=desk_media))
             server.metrics.registry.register(ScanCollector(engine))
             tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:

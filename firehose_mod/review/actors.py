@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from firehose_mod.review.states import ROLES, may
 from firehose_mod.store.operators import OperatorExists, OperatorRow, OperatorStore
@@ -36,7 +37,7 @@ class Actor:
     kind: str
     name: str
     role: str  # admin | moderator | agent | system
-    via: str = "token"  # token (API) | local (CLI, whoever can read the database) | builtin
+    via: str = "token"  # token (API) | session (admin page) | local (CLI, whoever can read the database) | builtin
 
     @classmethod
     def of(cls, row: OperatorRow, via: str) -> Actor:
@@ -108,6 +109,32 @@ class Operators:
         if not row.active:
             raise Unauthenticated(f"the token of {row.name!r} was revoked")
         return Actor.of(row, "token")
+
+    async def sign_in(self, token: str | None, hours: float) -> tuple[Actor, str, str]:
+        """A session for the admin page: (the actor, the cookie value, its CSRF token).
+
+        The cookie value is a fresh random secret (never the operator token), stored only hashed;
+        a session ends at sign-out, after `hours`, or when its operator is revoked."""
+        actor = await self.authenticate(token)
+        session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+        expires = (datetime.now(timezone.utc) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await self.store.open_session(hash_token(session), actor.name, csrf, expires)
+        return Actor(actor.kind, actor.name, actor.role, "session"), session, csrf
+
+    async def session(self, session: str | None) -> tuple[Actor, str]:
+        """The actor and CSRF token of a signed-in page session; Unauthenticated otherwise."""
+        found = await self.store.session(hash_token(session)) if session else None
+        if found is None:
+            raise Unauthenticated("not signed in")
+        row, csrf, expires = found
+        if expires <= datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
+            raise Unauthenticated("the session expired: sign in again")
+        if not row.active:
+            raise Unauthenticated(f"the token of {row.name!r} was revoked")
+        return Actor.of(row, "session"), csrf
+
+    async def sign_out(self, session: str) -> None:
+        await self.store.end_session(hash_token(session))
 
     async def local(self, name: str) -> Actor:
         """The operator `name`, for a command run on this machine (`--as NAME`), recorded as local."""

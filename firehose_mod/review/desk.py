@@ -161,8 +161,13 @@ class ReviewDesk:
         return await self.act(actor, "accept", ids, reason=reason, dry_run=dry_run)
 
     async def act(self, actor: Actor, action: str, ids: list[int], *, reason: str | None = None,
-                  dry_run: bool = False, extra: dict | None = None) -> Outcome:
-        """Any action over a selection of items (the batch entry point of the API)."""
+                  dry_run: bool = False, extra: dict | None = None,
+                  expect: dict[int, int | None] | None = None) -> Outcome:
+        """Any action over a selection of items (the batch entry point of the API).
+
+        `expect` maps item ids to the last event the actor saw (the page shows a plan, then
+        acts): an item that moved on since is left alone with an error, so what was shown is
+        what is done or nothing is."""
         if action not in st.ACTIONS or action in ("open", "delete", "resolve"):
             raise ValueError(f"unknown action {action!r}")
         require(actor, action)
@@ -171,6 +176,10 @@ class ReviewDesk:
         for _attempt in range(5):
             items = await self.store.items(ids)
             steps = [await self._plan(actor, action, items.get(i), i, extra) for i in ids]
+            for step in steps:
+                if expect is not None and not step.error and step.item_id in expect \
+                        and expect[step.item_id] != step.last_event:
+                    step.error = f"#{step.item_id} changed since you looked at it: look again"
             outcome = Outcome(action, actor, dry_run, steps)
             todo = [s for s in steps if not s.error]
             if dry_run or not todo:

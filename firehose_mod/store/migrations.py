@@ -312,4 +312,16 @@ MIGRATIONS: list[str] = [
         batch       TEXT
     );
     """,
+    # 10: the admin page's sign-ins: a session per sign-in, the cookie stored only as its SHA-256.
+    """
+    CREATE TABLE desk_sessions (
+        id_hash   BLOB PRIMARY KEY,   -- SHA-256 of the session cookie's value
+        operator  TEXT NOT NULL REFERENCES operators(name),
+        csrf      TEXT NOT NULL,      -- the token every form and fetch of this session must carry
+        created   TEXT NOT NULL,
+        expires   TEXT NOT NULL,
+        ended     TEXT                -- signed out (or the operator revoked)
+    ) WITHOUT ROWID;
+    CREATE INDEX desk_sessions_operator ON desk_sessions(operator);
+    """,
 ]

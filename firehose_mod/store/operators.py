@@ -78,3 +78,21 @@ class OperatorStore(Store):
         """Revoke `name`'s token; False when there is no such active operator."""
         return await self._write("UPDATE operators SET revoked = ?, revoked_by = ? WHERE name = ? AND revoked IS NULL",
                                  (now_iso(), revoked_by, name)) == 1
+
+    # -- the admin page's sessions ---------------------------------------------------------------
+    async def open_session(self, id_hash: bytes, operator: str, csrf: str, expires: str) -> None:
+        await self._write("INSERT INTO desk_sessions (id_hash, operator, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                          (id_hash, operator, csrf, now_iso(), expires))
+
+    async def session(self, id_hash: bytes) -> tuple[OperatorRow, str, str] | None:
+        """(the operator, the session's CSRF token, its expiry) of a session not signed out."""
+        async with self._reading(
+            f"SELECT {', '.join('o.' + c.strip() for c in _COLUMNS.split(','))}, s.csrf, s.expires"
+            " FROM desk_sessions s JOIN operators o ON o.name = s.operator WHERE s.id_hash = ? AND s.ended IS NULL",
+            (id_hash,),
+        ) as cur:
+            row = await cur.fetchone()
+        return (OperatorRow(*row[:-2]), row[-2], row[-1]) if row else None
+
+    async def end_session(self, id_hash: bytes) -> None:
+        await self._write("UPDATE desk_sessions SET ended = ? WHERE id_hash = ? AND ended IS NULL", (now_iso(), id_hash))

@@ -283,6 +283,21 @@ class ReviewStore(ReviewWork):
             return None, None
         return row[0], json.loads(row[1]) if row[1] else None
 
+    async def handle(self, did: str) -> str | None:
+        """The uploader's handle as their latest identity event gave it (None when never seen)."""
+        async with self._reading("SELECT handle FROM repo_events WHERE did = ? AND handle IS NOT NULL"
+                                 " ORDER BY id DESC LIMIT 1", (did,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def kind_counts(self, statuses) -> dict[str, int]:
+        """Items per kind among `statuses` (the admin page's tabs)."""
+        statuses = list(statuses)
+        async with self._reading(f"SELECT kind, count(*) FROM review_items WHERE status IN"
+                                 f" ({', '.join('?' * len(statuses))}) GROUP BY kind", statuses) as cur:
+            found = dict(await cur.fetchall())
+        return {k: found.get(k, 0) for k in st.KINDS}
+
     async def mark_seen(self, ids, who: str) -> None:
         """Remember that an operator looked at these items: they are never announced (again)."""
         now = now_iso()
