@@ -183,3 +183,16 @@ async def test_a_batch_preview_says_what_each_item_will_emit_and_the_link_reopen
     assert shared.status_code == 303 and "batch=" in shared.headers["location"]
     assert batch_page.status_code == 200 and "shared by mo" in batch_page.text
     assert batch_page.text.count('class="pick" name="ids"') == 2 and "checked" in batch_page.text
+
+
+async def test_status_takes_a_moderators_token_but_not_an_agents(settings):
+    async with desk(settings) as (base, tokens, _item, _parts), httpx.AsyncClient(timeout=10) as http:
+        def bearer(name):
+            return {"Authorization": f"Bearer {tokens[name]}"}
+        mod = await http.get(f"{base}/admin/status", headers=bearer("mo"))
+        agent = await http.get(f"{base}/admin/status", headers=bearer("bot"))
+        revoked_root = Actor("system", "test", "admin", "local")
+        await _parts["review"].operators.revoke(revoked_root, "gone")
+        gone = await http.get(f"{base}/admin/status", headers=bearer("gone"))
+    assert mod.status_code == 200 and "head" in mod.json()
+    assert agent.status_code == 401 and gone.status_code == 401

@@ -5,7 +5,8 @@ server's first start and never logged: whoever can read the data directory is th
 (`firehose-mod status` reads it there and sends `Authorization: Bearer <token>`). Being on
 loopback proves nothing behind a same-host proxy, so it is not a credential here.
 
-`is_operator` is the one place that decides; named operators will replace it.
+`is_operator` checks this token; `LabelServer._require_operator` also accepts a named admin's or
+moderator's token (`firehose-mod operator add`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Adding an endpoint is one line in `LabelServer._add_routes`:
 - an XRPC query: `r.add_get("/xrpc/<nsid>", self._handler)`;
 - an XRPC procedure: `r.add_post("/xrpc/<nsid>", procedure(self._handler))`: the handler gets
   the parsed JSON object; bodies over `xrpc.MAX_BODY` are a 413;
-- an operator endpoint: a path under `/admin/` (no CORS), starting with `self._require_operator`;
+- an operator endpoint: a path under `/admin/` (no CORS), starting with `await self._require_operator(request)`;
 - an HTML page: `r.add_get("/path", ...)` answering `web.Response(text=..., content_type="text/html")`.
 Other `/xrpc/` paths answer 501 MethodNotImplemented; a known path asked with another method 405.
 """
@@ -124,13 +124,24 @@ class LabelServer:
             return forwarded.split(",")[0].strip()[:100]
         return peer
 
-    def _require_operator(self, request: web.Request) -> None:
-        if not is_operator(request, self.admin_token):
-            raise web.HTTPUnauthorized(
-                headers={"WWW-Authenticate": 'Bearer realm="firehose-mod operator"'},
-                text="the operator token is required: Authorization: Bearer <the admin.token file in the data"
-                     " directory> (firehose-mod status sends it)",
-            )
+    async def _require_operator(self, request: web.Request) -> None:
+        """The data directory's admin.token (`firehose-mod status` on this machine) or a named
+        admin's or moderator's token (`firehose-mod operator add`); agents are not operators here."""
+        if is_operator(request, self.admin_token):
+            return
+        auth = request.headers.get("Authorization", "")
+        if self.review is not None and auth[:7].lower() == "bearer ":
+            try:
+                actor = await self.review.operators.authenticate(auth[7:].strip())
+            except PermissionError:
+                actor = None
+            if actor is not None and actor.role in ("admin", "moderator"):
+                return
+        raise web.HTTPUnauthorized(
+            headers={"WWW-Authenticate": 'Bearer realm="firehose-mod operator"'},
+            text="an operator token is required: Authorization: Bearer <the admin.token file in the data"
+                 " directory, or an admin's or moderator's token from firehose-mod operator add>",
+        )
 
     # -- XRPC -------------------------------------------------------------------------------
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
@@ -171,7 +182,7 @@ class LabelServer:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _status(self, request: web.Request) -> web.Response:
-        self._require_operator(request)
+        await self._require_operator(request)
         body = self.feed.status()
         body.update(did=self.settings.did, key=self.feed.log.key.did_key, version=__version__)
         for provider in self.status_providers:
