@@ -324,4 +324,15 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX desk_sessions_operator ON desk_sessions(operator);
     """,
+    # 11: service-auth JWT nonces (`jti`) already accepted, kept until their token could no longer
+    # be accepted (its exp plus the clock skew allowed); expired rows are pruned.
+    """
+    CREATE TABLE service_auth_nonces (
+        iss  TEXT NOT NULL,      -- the issuer's DID (without a #service fragment)
+        jti  TEXT NOT NULL,
+        exp  INTEGER NOT NULL,   -- unix seconds after which the row is expired
+        PRIMARY KEY (iss, jti)
+    ) WITHOUT ROWID;
+    CREATE INDEX service_auth_nonces_exp ON service_auth_nonces(exp);
+    """,
 ]
