@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from firehose_mod.syntax import IdentifierError, check_collection_pattern, check_did
+from firehose_mod.syntax import IdentifierError, check_collection_pattern, check_did, is_atproto_did, is_handle
 
 ENV_PREFIX = "FIREHOSE_MOD_"
 
@@ -45,6 +45,15 @@ class Settings:
         default=None, metadata=_meta("labeler", "key_file", "signing key file (default DATA_DIR/signing.key)")
     )
     key_curve: str = field(default="secp256k1", metadata=_meta("labeler", "key_curve", "secp256k1 or p256"))
+    labeler_declaration_file: Path | None = field(
+        default=None, metadata=_meta("labeler", "declaration_file",
+                                     "label value definitions and report reasons to declare (TOML); default: built in"))
+    labeler_handle: str = field(default="", metadata=_meta("labeler", "handle",
+                                                           "the account `declare --apply` logs in as (default: did)"))
+    labeler_app_password: str = field(default="", repr=False, metadata=_meta(
+        "labeler", "app_password", "its app password for `declare --apply` (never logged)"))
+    labeler_app_password_file: Path | None = field(default=None, metadata=_meta(
+        "labeler", "app_password_file", "a file holding the app password instead (mode 600, or a systemd credential)"))
     db_file: Path | None = field(
         default=None, metadata=_meta("store", "db_file", "SQLite database (default DATA_DIR/firehose-mod.sqlite3)")
     )
@@ -354,7 +363,12 @@ def validate(s: Settings) -> None:
     if s.scan_workers < 1:
         raise bad("scan_workers", "must be at least 1")
     # Scanner names are checked against the registry's table (scan/registry.py `enabled`).
-    for name in ("pdq_blocklist", "text_blocklist", "policy_file"):
+    if s.labeler_handle and not (is_handle(s.labeler_handle) or is_atproto_did(s.labeler_handle)):
+        raise bad("labeler_handle", f"{s.labeler_handle!r} is neither a handle (name.example.com) nor a DID")
+    if s.labeler_app_password and s.labeler_app_password_file:
+        raise bad("labeler_app_password_file", "set the app password or a file holding it, not both")
+    for name in ("pdq_blocklist", "text_blocklist", "policy_file", "labeler_declaration_file",
+                 "labeler_app_password_file"):
         path = getattr(s, name)
         if path is not None and not path.is_file():
             raise bad(name, f"{path} does not exist or is not a file")

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_review_parsers(sub)
 
+    from firehose_mod.cli.declare import add_parser as add_declare_parser
+
+    add_declare_parser(sub)
+
     status = sub.add_parser("status", help="head seq, key, and each live subscriber with its cursor and lag")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
     status.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")

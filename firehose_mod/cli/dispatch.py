@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from firehose_mod.cli.common import CommandError
+from firehose_mod.cli.declare import declare
 from firehose_mod.cli.ingest import backfill, dead_letters, replay
 from firehose_mod.cli.labels import key_create, key_show, label_emit, label_seq_floor, label_tail, status
 from firehose_mod.cli.policy import catalogue, explain, rescan, scan
@@ -49,6 +50,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await review(settings, args)
         case "operator":
             return await operator(settings, args)
+        case "declare":
+            return await declare(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")
