@@ -24,6 +24,7 @@ from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.ingest.verify import CommitVerifier
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.review.metrics import ReviewCollector
+from firehose_mod.review.reports import ReportDesk
 from firehose_mod.review.service import ReviewServices, open_review
 from firehose_mod.scan.metrics import ScanCollector
 from firehose_mod.scan.registry import open_engine
@@ -31,11 +32,14 @@ from firehose_mod.scan.worker import ScanWorkers
 from firehose_mod.server.admin import load_or_create_token
 from firehose_mod.server.app import LabelServer
 from firehose_mod.server.desk_media import DeskMedia
+from firehose_mod.server.service_auth import DidKeyResolver, ServiceAuthVerifier
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.ingest import IngestStore
+from firehose_mod.store.nonces import NonceStore
+from firehose_mod.store.reports import ReportStore
 from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
@@ -68,7 +72,7 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
 
 
 async def run_server(
-    settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *, media=None,
+    settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *, media=None, reports=None,
     task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `label_log` until cancelled; reports the started server through `task_status`."""
@@ -84,7 +88,7 @@ async def run_server(
     label_log.on_commit(lambda written: metrics.labels_written.inc(len(written)))
     # The operator credential for /admin/*: a file only the data directory's owner can read.
     server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir), review=review,
-                         media=media)
+                         media=media, reports=reports)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
@@ -122,6 +126,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         # The admin page's excerpts and thumbnails: from the scanners' own fetcher and cache
         # (a second fetcher on the same cache would delete the scanners' downloads in progress).
         desk_media = await stack.enter_async_context(DeskMedia(settings, review.store, fetcher=scanning.media))
+        reports = await _open_reports(stack, settings, review, scanning.client)
         watched = await store.known_dids()
         verifier = None
         if settings.verify_commits:
@@ -133,7 +138,8 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                               negate_on_delete=settings.negate_on_delete)
 
         async with anyio.create_task_group() as tg:
-            server = await tg.start(partial(run_server, settings, label_log, review, media=desk_media))
+            server = await tg.start(partial(run_server, settings, label_log, review, media=desk_media,
+                                                   reports=reports))
             server.metrics.registry.register(ScanCollector(engine))
             tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
@@ -156,6 +162,19 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                 tg.start_soon(partial(supervised, "ingest", run_ingest, before_restart=before_restart))
                 parts["pipeline"] = pipeline
             task_status.started(parts)
+
+
+async def _open_reports(stack: AsyncExitStack, settings: Settings, review: ReviewServices, client):
+    """createReport's parts: the reports table, and the service-JWT verifier (issuer keys from
+    DID documents through the vetted `client`, nonces in the database)."""
+    store = await ReportStore.open(settings.db_path, synchronous=settings.db_synchronous)
+    stack.push_async_callback(close_shielded, store)
+    nonces = await NonceStore.open(settings.db_path, synchronous=settings.db_synchronous)
+    stack.push_async_callback(close_shielded, nonces)
+    verifier = ServiceAuthVerifier(settings.did, DidKeyResolver(client, settings.plc_url), nonces)
+    desk = ReportDesk(review.desk, store, collections=settings.collections)
+    review.reports = desk
+    return desk, verifier
 
 
 async def _ingest_status(store, source, workers) -> dict:

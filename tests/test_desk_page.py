@@ -16,7 +16,7 @@ import pytest
 
 from firehose_mod.daemon import run_daemon
 from firehose_mod.review.actors import Actor, system_actor
-
+from tests.helpers.desk_page import csrf_of, sign_in
 from tests.stream_client import Received, collect, subscribe
 
 pytestmark = pytest.mark.anyio
@@ -40,16 +40,6 @@ async def desk(settings):
         base = f"http://127.0.0.1:{parts['server'].port}"
         yield base, tokens, opened.steps[0].item_id, parts
         tg.cancel_scope.cancel()
-
-
-async def sign_in(http: httpx.AsyncClient, base: str, token: str) -> httpx.Response:
-    form = await http.get(f"{base}/admin/login")
-    login_csrf = re.search(r'name="login_csrf" value="([^"]+)"', form.text).group(1)
-    return await http.post(f"{base}/admin/login", data={"token": token, "login_csrf": login_csrf, "next": "/admin/review"})
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
 async def test_sign_in_sets_a_strict_httponly_session_and_the_queue_needs_it(settings):

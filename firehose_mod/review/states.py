@@ -98,9 +98,9 @@ def may(role: str, action: str) -> bool:
 
 
 def item_kind(findings: list[dict], source: str = "scan") -> str:
-    """What kind of item a set of findings makes: copyright, cover-art, text, report or other."""
-    if source == "report":
-        return "report"
+    """What kind of item a set of findings makes: copyright, cover-art, text, report, appeal or other."""
+    if source in ("report", "appeal"):
+        return source
     kinds = {f.get("kind") for f in findings if isinstance(f, dict)}
     if "copyright-match" in kinds:
         return "copyright"
@@ -111,4 +111,4 @@ def item_kind(findings: list[dict], source: str = "scan") -> str:
     return "other"
 
 
-KINDS = ("copyright", "cover-art", "text", "report", "other")
+KINDS = ("copyright", "cover-art", "text", "report", "appeal", "other")

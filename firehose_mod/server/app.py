@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 from firehose_mod import __version__
 from firehose_mod.config import Settings
 from firehose_mod.review.service import ReviewServices
-from firehose_mod.server import desk_page, review_api
+from firehose_mod.server import desk_page, report_api, review_api
 from firehose_mod.server.admin import is_operator
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
@@ -60,10 +60,11 @@ class LabelServer:
     """subscribeLabels + queryLabels + discovery and operator endpoints over one label feed."""
 
     def __init__(self, settings: Settings, feed: LabelFeed, metrics: ServerMetrics, *, admin_token: str | None = None,
-                 review: ReviewServices | None = None, media=None):
+                 review: ReviewServices | None = None, media=None, reports=None):
         self.settings = settings
         self.review = review  # the review desk, when the daemon runs it: /admin/api/review/..., /admin/review
         self.media = media  # server.desk_media.DeskMedia: the page's excerpts and thumbnails
+        self.reports = reports  # (ReportDesk, ServiceAuthVerifier): createReport and getAppeals
         self.feed = feed
         self.metrics = metrics
         self.admin_token = admin_token
@@ -88,6 +89,8 @@ class LabelServer:
         if self.review is not None:  # named operators' bearer tokens, roles checked by the desk
             review_api.add_routes(r, self.review, self.settings)
             desk_page.add_routes(r, self.review, self.settings, self.feed.log, self.media)
+        if self.reports is not None:  # atproto service JWTs: reports and appeals from the network
+            report_api.add_routes(r, *self.reports)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; reports the bound port through `task_status`."""

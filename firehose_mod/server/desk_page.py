@@ -29,7 +29,12 @@ from firehose_mod.review.actors import Actor, Forbidden, Unauthenticated
 from firehose_mod.review.desk import DeskBusy, Outcome
 from firehose_mod.review.service import ReviewServices
 from firehose_mod.server import desk_view as V
-from firehose_mod.server.desk_session import LOGIN_COOKIE, CsrfRefused, SessionGate, set_cookie
+from firehose_mod.server.desk_session import (
+    LOGIN_COOKIE,
+    CsrfRefused,
+    SessionGate,
+    set_cookie,
+)
 from firehose_mod.store.review import ItemQuery
 
 log = structlog.get_logger(__name__)
@@ -44,6 +49,7 @@ SECURITY_HEADERS = {
 }
 DECISIONS = ("confirm", "reject", "allow", "escalate")
 PAGE = 50
+REPEAT_INFRINGER = 3  # copyright labels in force on one uploader's tracks that flag them as a repeat infringer
 STATIC = {"desk.css": "text/css", "desk.js": "text/javascript"}
 
 
@@ -207,6 +213,15 @@ class DeskPage:
         nxt = await self.review.store.query(ItemQuery(statuses=tuple(st.WAITING), after_id=item.id, limit=1))
         prev = await self.review.store.query(ItemQuery(statuses=tuple(st.WAITING), after_id=item.id, limit=1,
                                                        newest_first=True))
+        reports, notices, counter = [], [], []
+        if self.review.reports is not None:
+            store = self.review.reports.store
+            reports = await store.for_item(item.id)
+            if item.kind == "appeal":  # what the label rests on, beside what its author says
+                notices = await store.about(item.uri, item.value, appeal=False)
+                counter = await store.about(item.uri, item.value, appeal=True)
+        history = [x for x in await self.label_log.history(item.uri) if x.label.val == item.value]
+        takedowns = sum(1 for x in labels if x.label.val == "copyright-violation" and not x.label.neg)
         done = None
         if request.query.get("done", "").isdigit():
             done = await self.review.store.event(int(request.query["done"]))
@@ -217,6 +232,8 @@ class DeskPage:
             others=others, labels=[x for x in labels if not x.label.neg], overturns=overturns,
             next_id=nxt[0].id if nxt else None, prev_id=prev[0].id if prev else None, done=done,
             may_propose=st.may(actor.role, "propose") and item.status in (st.OPEN, st.PROPOSED),
+            reports=reports, notices=notices, counter=counter, label_history=history, takedowns=takedowns,
+            repeat_infringer=takedowns >= REPEAT_INFRINGER,
             cost=sum(c.cost_usd for c in view.triage_calls))
 
     # -- acting ----------------------------------------------------------------------------------

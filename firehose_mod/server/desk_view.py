@@ -8,7 +8,7 @@ excerpts, the cover, the words found highlighted in their field).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
@@ -32,10 +32,10 @@ def age(iso: str | None, now: datetime | None = None) -> str:
     if not iso:
         return ""
     try:
-        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        then = datetime.fromisoformat(iso)
     except ValueError:
         return iso
-    secs = ((now or datetime.now(timezone.utc)) - then).total_seconds()
+    secs = ((now or datetime.now(UTC)) - then).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if secs >= size:
             return f"{int(secs // size)} {unit} ago"
@@ -60,6 +60,11 @@ def summary(finding: dict) -> str:
         return f"“{ev.get('matched') or ev.get('term')}” in {ev.get('field', 'the text')} ({ev.get('category', '')})"
     if kind == "self-label":
         return f"the uploader labeled it {ev.get('value') or finding.get('value')}"
+    if kind in ("report", "appeal"):
+        reason = str(ev.get("reason") or "").strip()
+        reason = reason if len(reason) <= 100 else reason[:99] + "…"
+        what = str(ev.get("reason_type") or "").rsplit("#", 1)[-1].removeprefix("reason")
+        return f"{kind} by {ev.get('reporter')} ({what}){': ' + reason if reason else ''}"
     if kind == "media-unavailable":
         return f"media unavailable: {ev.get('error') or ev.get('reason') or ''}"
     return kind or "finding"

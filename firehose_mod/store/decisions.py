@@ -173,6 +173,13 @@ class DecisionWriter:
         """Review items and moderation events in the same transaction (the review desk's writes)."""
         return ReviewWriter(self._db)
 
+    @property
+    def reports(self):
+        """Report rows in the same transaction as the review item they open or join."""
+        from firehose_mod.store.reports import ReportWriter
+
+        return ReportWriter(self._db)
+
     async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
         """`DecisionStore.resolve_reviews` inside the held transaction (e.g. with a delete's negations)."""
         return await ReviewWriter(self._db).close_waiting(uri, resolution, actor, values)

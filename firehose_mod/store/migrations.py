@@ -335,4 +335,32 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX service_auth_nonces_exp ON service_auth_nonces(exp);
     """,
+    # 12: reports and appeals received through com.atproto.moderation.createReport, as received
+    # (append-only); each opened or joined the review item in `item_id`, in the same transaction.
+    """
+    CREATE TABLE reports (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        reporter     TEXT NOT NULL,        -- the service JWT's iss DID
+        via_service  TEXT,                 -- its #fragment (a report relayed by a service)
+        reason_type  TEXT NOT NULL,
+        reason       TEXT,
+        subject      TEXT NOT NULL,        -- JSON, as received
+        subject_uri  TEXT NOT NULL,        -- the record's at:// URI, or the account's DID
+        subject_cid  TEXT,
+        subject_did  TEXT NOT NULL,
+        appeal       INTEGER NOT NULL DEFAULT 0 CHECK (appeal IN (0, 1)),
+        value        TEXT NOT NULL,        -- the label value in question
+        item_id      INTEGER REFERENCES review_items(id),
+        counter_notice TEXT,               -- JSON: a copyright appeal's statement, parts found and missing
+        mod_tool     TEXT,
+        created      TEXT NOT NULL
+    );
+    CREATE INDEX reports_reporter ON reports(reporter, created);
+    CREATE INDEX reports_subject ON reports(subject_uri, created);
+    CREATE INDEX reports_item ON reports(item_id, id);
+    CREATE TRIGGER reports_append_only_update BEFORE UPDATE ON reports
+        BEGIN SELECT RAISE(ABORT, 'reports are kept as received'); END;
+    CREATE TRIGGER reports_append_only_delete BEFORE DELETE ON reports
+        BEGIN SELECT RAISE(ABORT, 'reports are kept as received'); END;
+    """,
 ]

@@ -247,10 +247,10 @@ class ReviewStore(ReviewWork):
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params += list(values)
-        if q.uploader:
+        if q.uploader:  # the account itself (reported as a whole) and its records
             prefix = f"at://{q.uploader}/"
-            where.append("uri >= ? AND uri < ?")
-            params += [prefix, prefix_upper_bound(prefix)]
+            where.append("(uri = ? OR (uri >= ? AND uri < ?))")
+            params += [q.uploader, prefix, prefix_upper_bound(prefix)]
         if q.after_id is not None:
             where.append("id < ?" if q.newest_first else "id > ?")
             params.append(q.after_id)
