@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from atproto import AsyncFirehoseSubscribeLabelsClient, models, parse_subscribe_labels_message
+from atproto import (
+    AsyncFirehoseSubscribeLabelsClient,
+    models,
+    parse_subscribe_labels_message,
+)
 
 from tests.browser import new_page, open_browser, save_screenshot
 from tests.desk_world import desk_world
