@@ -312,3 +312,19 @@ def _wait_until_scanned(daemon, port: int, data_dir) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("the daemon did not scan the track in 60 s")
+
+
+def test_status_sends_the_local_token_only_to_this_labeler(tmp_path):
+    from firehose_mod.cli.labels import status_headers
+    from firehose_mod.config import load_settings
+    from firehose_mod.server.admin import load_or_create_token
+
+    settings = load_settings(env={}, data_dir=tmp_path / "var", public_url="https://labeler.example.com")
+    token = load_or_create_token(settings.data_dir)
+    mine = {"Authorization": f"Bearer {token}"}
+    assert status_headers(settings, None, env={}) == mine
+    assert status_headers(settings, "http://127.0.0.1:9999", env={}) == mine
+    assert status_headers(settings, "https://labeler.example.com/", env={}) == mine
+    assert status_headers(settings, "https://other-labeler.example.net", env={}) == {}
+    named = status_headers(settings, "https://other-labeler.example.net", env={"FIREHOSE_MOD_OPERATOR_TOKEN": "fhm_x"})
+    assert named == {"Authorization": "Bearer fhm_x"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -136,15 +138,32 @@ def _print_frame(frame: bytes | str) -> tuple[int | None, bool]:
     print(f"firehose-mod: {header.get('t')}: {json.dumps(body, default=str)}", file=sys.stderr)
     return None, False
 
+def status_headers(settings: Settings, url: str | None, env: dict | None = None) -> dict[str, str]:
+    """Who `status` says it is: `FIREHOSE_MOD_OPERATOR_TOKEN` (a named operator's token) when set;
+    else this data directory's admin.token, but only to this labeler (loopback or its own
+    endpoint/public URL): a token is never sent to whatever `--url` names."""
+    token = (os.environ if env is None else env).get("FIREHOSE_MOD_OPERATOR_TOKEN", "").strip()
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if url is None:
+        return auth_header(settings.data_dir)
+    own = {u.rstrip("/") for u in (settings.public_url, settings.endpoint) if u}
+    host = urlsplit(url).hostname or ""
+    if url.rstrip("/") in own or host in ("127.0.0.1", "::1", "localhost"):
+        return auth_header(settings.data_dir)
+    return {}
+
+
 async def status(settings: Settings, args: argparse.Namespace) -> int:
     base = _base_url(settings, args.url)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(base + "/admin/status", headers=auth_header(settings.data_dir))
+            response = await client.get(base + "/admin/status", headers=status_headers(settings, args.url))
         if response.status_code == 401:
-            raise CommandError(f"the server at {base} wants the operator token of its data directory, and"
-                               f" {token_path(settings.data_dir)} is missing or another server's: pass that server's"
-                               " --data-dir (or run as the user that can read it)")
+            raise CommandError(f"the server at {base} wants an operator token: on its machine, the admin.token of"
+                               f" its data directory ({token_path(settings.data_dir)} here: pass that server's"
+                               " --data-dir or run as the user that can read it); from elsewhere, set"
+                               " FIREHOSE_MOD_OPERATOR_TOKEN to an admin's or moderator's token")
         response.raise_for_status()
         body = response.json()
     except httpx.HTTPError as exc:
