@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import anyio
+import httpx
 import pytest
 
 from firehose_mod.daemon import run_daemon
@@ -53,11 +54,14 @@ async def test_a_low_bitrate_copy_of_a_catalogued_recording_is_labeled_with_its_
                 while (await store.counts())["done"] < 2:
                     await anyio.sleep(0.1)
             labels = await engine.label_log.in_force(COPY)
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{parts['server'].port}/metrics")).text
             own_labels = await engine.label_log.in_force(ORIGINAL_WORK)
             history = await engine.decisions.history(COPY)
             own_history = await engine.decisions.history(ORIGINAL_WORK)
             tg.cancel_scope.cancel()
     assert [label.val for label in labels] == ["copyright-violation"] and own_labels == []
+    assert "firehose_mod_fingerprint_index_refs 3.0" in metrics  # the reference and both uploads
     (decision,) = [r for r in history if r["action"] == "label"]
     evidence = decision["evidence"][0]["evidence"]
     assert decision["rule"] == "catalogue-match"

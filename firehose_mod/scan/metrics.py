@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from firehose_mod.scan.engine import ScanEngine
 
@@ -39,3 +39,11 @@ class ScanCollector:
             yield CounterMetricFamily("firehose_mod_audd_skipped_local_match",
                                       "Tracks AudD was not asked about because the local index matched.",
                                       value=audd.stats["skipped_local_match"])
+        if self.engine.catalogue is not None:
+            # Every scanned upload joins the index by design (a later copy of it is found):
+            # memory that grows with the uploads, shown apart so RSS can be read net of it.
+            stats = self.engine.catalogue.index.stats()
+            yield GaugeMetricFamily("firehose_mod_fingerprint_index_refs", "Recordings in the in-memory index.",
+                                    value=stats["refs"])
+            yield GaugeMetricFamily("firehose_mod_fingerprint_index_bytes",
+                                    "Bytes of the in-memory fingerprint index's arrays.", value=stats["bytes"])
