@@ -31,7 +31,7 @@ from firehose_mod.server.admin import is_operator
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.server.query import QueryStopped, int_param, query_labels
-from firehose_mod.server.subscribe import serve_subscriber
+from firehose_mod.server.subscribe import JSON_PREFIX, serve_subscriber
 from firehose_mod.server.xrpc import (
     HEADER_LIMITS, MAX_BODY, ProtocolLog, XrpcError, count_requests, cors, errors, json_response, xrpc_error,
 )
@@ -79,6 +79,7 @@ class LabelServer:
     def _add_routes(self, r: web.UrlDispatcher) -> None:
         # XRPC: queries are GET; procedures are POST through `xrpc.procedure`.
         r.add_get(SUBSCRIBE, self._subscribe)
+        r.add_get(JSON_PREFIX + SUBSCRIBE, self._subscribe)  # the same stream in JSON text frames (subscribe.py)
         r.add_get(QUERY, self._query)
         r.add_get("/xrpc/_health", self._health)
         # Discovery and monitoring: public.

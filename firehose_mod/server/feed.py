@@ -9,6 +9,11 @@ Labels can be committed by this process (the writer hands what it committed to t
 which publishes it at once) or by another one (`firehose-mod label emit`): a poll every
 `poll_interval` seconds reads those back. A label is published only once committed, so no
 subscriber ever sees a label that could still roll back.
+
+Subscribers of the JSON-text variant (`subscribe.JSON_PREFIX`) get the same labels through the
+same machinery; only the frames differ. The window keeps each label's JSON-text frame beside
+its binary one, made from it the first time a JSON subscriber needs it, then shared by all
+(nothing is made while no JSON subscriber reads the window).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import anyio
 import structlog
 
-from firehose_mod.server.frames import labels_frame, ws_binary
+from firehose_mod.server.frames import json_from_binary, json_labels_frame, labels_frame, ws_binary
 from firehose_mod.store import LabelLog, StoredLabel
 
 log = structlog.get_logger(__name__)
@@ -45,6 +50,7 @@ class Subscriber:
     wake: anyio.Event = field(default_factory=anyio.Event)
     pong: anyio.Event = field(default_factory=anyio.Event)
     keepalive_failed: bool = False
+    json_text: bool = False  # the JSON-text variant: frames from `frames_after(..., json_text=True)`
 
     def push(self, data: bytes, frames: int, head: int) -> bool:
         """Write already-framed messages if the socket takes them now; False: let the pump do it."""
@@ -72,6 +78,7 @@ class LabelFeed:
         self._base = 0  # every label with base < seq <= head is in the window
         self._seqs: list[int] = []
         self._frames: list[bytes] = []
+        self._json: list[bytes | None] = []  # JSON-text twins of `_frames`, made when first needed
         self._changed = anyio.Event()
         self._poke = anyio.Event()
         self.subscribers: dict[int, Subscriber] = {}
@@ -123,35 +130,58 @@ class LabelFeed:
         for seq, cbor in rows:
             self._seqs.append(seq)
             self._frames.append(ws_binary(labels_frame(seq, cbor)))
+            self._json.append(None)
         self.head = rows[-1][0]
         self._fan_out(previous, len(rows))
         self.published_total += len(rows)
         if len(self._seqs) > 2 * self.recent:
             cut = len(self._seqs) - self.recent
             self._base = self._seqs[cut - 1]
-            del self._seqs[:cut], self._frames[:cut]
+            del self._seqs[:cut], self._frames[:cut], self._json[:cut]
         self._changed.set()
         self._changed = anyio.Event()
 
     def _fan_out(self, previous: int, count: int) -> None:
         """Write the new frames straight to every caught-up live subscriber whose socket has
-        room: no task switch per subscriber. The others are woken to pull from their cursor."""
+        room: no task switch per subscriber. The others are woken to pull from their cursor.
+        JSON-text frames are made once, for the first caught-up JSON subscriber."""
         data = b"".join(self._frames[-count:]) if count > 1 else self._frames[-1]
+        text = None
         for sub in self.subscribers.values():
-            if sub.state == "live" and sub.cursor == previous and sub.push(data, count, self.head):
-                self.frames_sent_total += count
-                self.bytes_sent_total += len(data)
-            else:
-                sub.wake.set()
+            if sub.state == "live" and sub.cursor == previous:
+                out = data
+                if sub.json_text:
+                    if text is None:
+                        end = len(self._frames)
+                        text = b"".join(self._json_window(end - count, end))
+                    out = text
+                if sub.push(out, count, self.head):
+                    self.frames_sent_total += count
+                    self.bytes_sent_total += len(out)
+                    continue
+            sub.wake.set()
 
-    async def frames_after(self, cursor: int) -> tuple[list[int], list[bytes]]:
-        """Seqs and WebSocket-framed messages after `cursor`: from memory when recent, else
-        one database page."""
+    def _json_window(self, i: int, end: int) -> list[bytes]:
+        """The JSON-text frames of window positions i..end, made from the binary ones if new."""
+        frames, text = self._frames, self._json
+        for k in range(i, end):
+            if text[k] is None:
+                text[k] = json_from_binary(frames[k])
+        return text[i:end]
+
+    async def frames_after(self, cursor: int, json_text: bool = False) -> tuple[list[int], list[bytes]]:
+        """Seqs and WebSocket-framed messages after `cursor` (binary DAG-CBOR, or the JSON-text
+        variant's): from memory when recent, else one database page."""
         if cursor >= self._base:
             i = bisect.bisect_right(self._seqs, cursor)
             end = i + self.page_size * 4
+            if json_text:  # a page at a time: frames not made yet are made here, in one go
+                end = min(i + self.page_size, len(self._seqs))
+                return self._seqs[i:end], self._json_window(i, end)
             return self._seqs[i:end], self._frames[i:end]
         rows = await self.log.cbor_after(cursor, self.page_size)
+        if json_text:
+            return [seq for seq, _ in rows], [json_labels_frame(seq, cbor) for seq, cbor in rows]
         return [seq for seq, _ in rows], [ws_binary(labels_frame(seq, cbor)) for seq, cbor in rows]
 
     async def wait_beyond(self, cursor: int) -> None:
@@ -190,6 +220,7 @@ class LabelFeed:
                     "remote": s.remote,
                     "user_agent": s.user_agent,
                     "requested_cursor": s.requested_cursor,
+                    "frames": "json-text" if s.json_text else "dag-cbor",
                     "cursor": s.cursor,
                     "lag": self.head - s.cursor,
                     "state": s.state,

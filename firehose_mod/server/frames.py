@@ -3,13 +3,22 @@
 A `#labels` frame is assembled from the stored wire CBOR of its label without decoding
 it: the body `{seq, labels: [label]}` is a two-key map whose canonical DAG-CBOR key order
 is `seq` (3 bytes) before `labels` (6 bytes).
+
+The JSON-text variant (`subscribe.JSON_PREFIX`, for consumers written against plyr.fm's old
+labeler) carries the same bodies as text messages: `{"seq":N,"labels":[label]}` with each
+label in its lexicon JSON form, exactly as queryLabels answers it (`sig` as
+`{"$bytes": base64}`); an error is `{"error":..., "message":...}`. There is no header: a
+message with `seq` and `labels` is a `#labels` frame, one with `error` an error.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 
 import libipld
+
+from firehose_mod.labels import Label
 
 LABELS_HEADER = libipld.encode_dag_cbor({"op": 1, "t": "#labels"})
 INFO_HEADER = libipld.encode_dag_cbor({"op": 1, "t": "#info"})
@@ -52,6 +61,42 @@ def ws_binary(payload: bytes) -> bytes:
     return header + payload
 
 
+def ws_text(payload: bytes) -> bytes:
+    """UTF-8 `payload` as one unmasked, unfragmented WebSocket text message: `ws_binary`'s
+    twin (opcode 1), so JSON frames too are framed once for every subscriber."""
+    framed = ws_binary(payload)
+    return b"\x81" + framed[1:]
+
+
+def ws_payload(message: bytes) -> bytes:
+    """The payload of one message framed by `ws_binary` or `ws_text`."""
+    n = message[1]
+    return message[2 if n < 126 else 4 if n == 126 else 10:]
+
+
+def label_json(label_cbor: bytes) -> dict:
+    """A label's lexicon JSON form from its wire DAG-CBOR (the same dict as queryLabels')."""
+    return Label.from_wire(libipld.decode_dag_cbor(label_cbor)).to_json()
+
+
+def json_labels_message(seq: int, label: dict) -> bytes:
+    """The text message `{"seq":N,"labels":[label]}` (ASCII JSON, so valid UTF-8), framed."""
+    return ws_text(json.dumps({"seq": seq, "labels": [label]}, separators=(",", ":")).encode())
+
+
+def json_labels_frame(seq: int, label_cbor: bytes) -> bytes:
+    """The JSON-text message carrying the label whose wire CBOR is `label_cbor`, at `seq`."""
+    return json_labels_message(seq, label_json(label_cbor))
+
+
+def json_from_binary(message: bytes) -> bytes:
+    """The JSON-text twin of a framed binary `#labels` message: same seq, same label (as
+    re-signed after a key rotation, if it was), read back from the binary message itself."""
+    _header, body = libipld.decode_dag_cbor_multi(ws_payload(message))
+    (label,) = body["labels"]
+    return json_labels_message(body["seq"], Label.from_wire(label).to_json())
+
+
 def info_frame(name: str, message: str | None = None) -> bytes:
     body = {"name": name} if message is None else {"name": name, "message": message}
     return INFO_HEADER + libipld.encode_dag_cbor(body)
@@ -60,3 +105,9 @@ def info_frame(name: str, message: str | None = None) -> bytes:
 def error_frame(error: str, message: str | None = None) -> bytes:
     body = {"error": error} if message is None else {"error": error, "message": message}
     return ERROR_HEADER + libipld.encode_dag_cbor(body)
+
+
+def json_error_frame(error: str, message: str | None = None) -> str:
+    """An error as the JSON-text stream sends it: the body of `error_frame`, as a text message."""
+    body = {"error": error} if message is None else {"error": error, "message": message}
+    return json.dumps(body, separators=(",", ":"))

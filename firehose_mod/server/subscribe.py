@@ -12,6 +12,13 @@
 Frames are pre-framed WebSocket messages, identical for every subscriber, written straight to
 the connection's transport (`SubscriberSocket`): one syscall carries many labels. aiohttp's
 own writes (pongs, close) are whole frames too, so the two interleave at frame boundaries only.
+
+The JSON-text variant, `JSON_PREFIX` + the XRPC path, is the same stream (same handler, feed,
+cursors, order, limits, timeouts and close codes) with each binary frame replaced by a text
+message: `{"seq":N,"labels":[label]}` (the label as queryLabels shows it) or
+`{"error":..., "message":...}` (frames.py). It exists for consumers written against a labeler
+that spoke JSON (plyr.fm's backend appends the XRPC path to a configured base URL, so the
+variant has to be a path prefix, not a query parameter).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from firehose_mod.server.feed import LabelFeed, Subscriber
-from firehose_mod.server.frames import error_frame
+from firehose_mod.server.frames import error_frame, json_error_frame
 from firehose_mod.server.metrics import ServerMetrics
 
 log = structlog.get_logger(__name__)
@@ -29,6 +36,7 @@ log = structlog.get_logger(__name__)
 CHUNK_BYTES = 64 * 1024  # bytes per socket write; a page of frames is several writes
 CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame before it is cut
 MAX_CLIENT_MESSAGE = 64 * 1024  # subscribers have nothing to send us
+JSON_PREFIX = "/compat/json"  # + /xrpc/com.atproto.label.subscribeLabels: the JSON-text variant
 
 
 class ConsumerTooSlow(Exception):
@@ -60,12 +68,16 @@ class SubscriberSocket:
         # aiohttp's flow-control wait (resolved by resume_writing, or raises on connection loss).
         await self._protocol._drain_helper()
 
-    async def close(self, code: int, reason: str, frame: bytes | None = None) -> None:
-        """Send `frame` (an error), then the close frame; cut the connection after CLOSE_TIMEOUT."""
+    async def close(self, code: int, reason: str, frame: bytes | str | None = None) -> None:
+        """Send `frame` (an error: bytes as a binary message, str as text), then the close frame;
+        cut the connection after CLOSE_TIMEOUT."""
         with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
             try:
                 if frame is not None and not self.ws.closed:
-                    await self.ws.send_bytes(frame)
+                    if isinstance(frame, str):
+                        await self.ws.send_str(frame)
+                    else:
+                        await self.ws.send_bytes(frame)
                 await self.ws.close(code=code, message=reason.encode())
             except ConnectionError:
                 pass
@@ -87,17 +99,20 @@ async def serve_subscriber(
     request: web.Request, sub: Subscriber, feed: LabelFeed, metrics: ServerMetrics, *,
     send_timeout: float, ping_interval: float, ping_timeout: float,
 ) -> web.WebSocketResponse:
-    """Run one subscribeLabels connection, already admitted as `sub`, to its end."""
+    """Run one subscribeLabels connection, already admitted as `sub`, to its end; JSON text
+    frames when the request came in under JSON_PREFIX."""
+    sub.json_text = request.path.startswith(JSON_PREFIX + "/")  # before any await: the feed reads it
+    error = json_error_frame if sub.json_text else error_frame
     ws = websocket_response()
     await ws.prepare(request)
     sock = sub.connection = SubscriberSocket(ws, request)
-    bound = log.bind(subscriber=sub.id, remote=sub.remote)
+    bound = log.bind(subscriber=sub.id, remote=sub.remote, frames="json-text" if sub.json_text else "dag-cbor")
     head = await feed.log.head()  # the committed head, even if the feed has not published it yet
     cursor = sub.requested_cursor
     if cursor is not None and cursor > head:
         bound.info("subscriber.future_cursor", cursor=cursor, head=head)
         metrics.disconnects.labels("future_cursor").inc()
-        await sock.close(1008, "FutureCursor", error_frame("FutureCursor", f"Cursor {cursor} is in the future (head is {head})."))
+        await sock.close(1008, "FutureCursor", error("FutureCursor", f"Cursor {cursor} is in the future (head is {head})."))
         return ws
     sub.cursor = head if cursor is None else cursor
     sub.state = "backfill"
@@ -116,7 +131,7 @@ async def serve_subscriber(
             tg.cancel_scope.cancel()
         if reason == "consumer_too_slow":  # after the reader stopped: close() reads the answer itself
             bound.warning("subscriber.too_slow", cursor=sub.cursor, lag=feed.head - sub.cursor)
-            await sock.close(1008, "ConsumerTooSlow", error_frame(
+            await sock.close(1008, "ConsumerTooSlow", error(
                 "ConsumerTooSlow", f"Stream consumer too slow (no progress in {send_timeout}s)."))
     finally:
         if sub.keepalive_failed:
@@ -130,7 +145,7 @@ async def serve_subscriber(
 
 async def _pump(sock: SubscriberSocket, feed: LabelFeed, sub: Subscriber, timeout: float) -> None:
     while True:
-        seqs, frames = await feed.frames_after(sub.cursor)
+        seqs, frames = await feed.frames_after(sub.cursor, sub.json_text)
         if not seqs:
             sub.state = "live"  # from now on the feed pushes to it while its socket has room
             await feed.wait_live(sub)
