@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from firehose_mod.syntax import IdentifierError, check_collection_pattern, check_did, is_atproto_did, is_handle
 
 ENV_PREFIX = "FIREHOSE_MOD_"
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")  # what [media] allow_loopback_for_testing_only opens
 
 
 class ConfigError(ValueError):
@@ -142,6 +143,11 @@ class Settings:
         default=(), metadata=_meta("media", "allow_networks", "private networks that may be fetched (tests only)")
     )
     media_allow_http: bool = field(default=False, metadata=_meta("media", "allow_http", "also fetch plain http"))
+    media_allow_loopback_for_testing_only: bool = field(
+        default=False, metadata=_meta("media", "allow_loopback_for_testing_only",
+                                      "let every outbound request reach loopback (a PDS, PLC or relay on this"
+                                      " machine); never in production, warned at start")
+    )
     audd_enabled: bool = field(default=False, metadata=_meta("audd", "enabled", "ask AudD when nothing matched locally"))
     audd_api_token: str = field(default="", metadata=_meta("audd", "api_token", "AudD API token"))
     audd_endpoint: str = field(default="https://enterprise.audd.io/", metadata=_meta("audd", "endpoint", "AudD URL"))
@@ -154,6 +160,14 @@ class Settings:
     audd_max_units_per_track: int = field(
         default=60, metadata=_meta("audd", "max_units_per_track", "cost cap: chunks per track at most")
     )
+    plyr_compat_enabled: bool = field(default=False, metadata=_meta(
+        "plyr_compat", "enabled", "serve plyr.fm's moderation-service API (its backend's /internal/*, /scan, ...)"))
+    plyr_compat_key: str = field(default="", repr=False, metadata=_meta(
+        "plyr_compat", "key", "the shared key plyr.fm's backend sends as X-Moderation-Key (never logged)"))
+    plyr_compat_key_file: Path | None = field(default=None, metadata=_meta(
+        "plyr_compat", "key_file", "a file holding the key instead (mode 600, or a systemd credential)"))
+    plyr_compat_actor: str = field(default="plyr-backend", metadata=_meta(
+        "plyr_compat", "actor", "the system actor plyr.fm's decisions are recorded as in the moderation event log"))
     review_operator: str = field(
         default="", metadata=_meta("review", "operator", "operator the CLI's review commands act as without --as")
     )
@@ -197,6 +211,14 @@ class Settings:
     notify_dm_password: str = field(default="", metadata=_meta("notify", "dm_password", "its app password"))
     notify_dm_service: str = field(default="https://bsky.social", metadata=_meta("notify", "dm_service",
                                                                                "that account's PDS"))
+    transparency_enabled: bool = field(default=False, metadata=_meta(
+        "transparency", "enabled", "post a public summary of decided review items from the labeler account"))
+    transparency_interval: float = field(default=86400.0, metadata=_meta(
+        "transparency", "interval", "seconds between summary posts at most (one post per batch)"))
+    transparency_name_uploaders: bool = field(default=False, metadata=_meta(
+        "transparency", "name_uploaders", "name the accounts labeled (handles or DIDs) in the summary"))
+    transparency_dry_run: bool = field(default=False, metadata=_meta(
+        "transparency", "dry_run", "log each summary instead of posting it (records nothing)"))
     log_level: str = field(default="info", metadata=_meta("log", "level", "debug, info, warning or error"))
     log_format: str = field(
         default="auto", metadata=_meta("log", "format", "auto (console on a terminal, else JSON), json or console")
@@ -388,10 +410,30 @@ def validate(s: Settings) -> None:
     for name in ("audd_skip", "audd_every", "audd_limit", "audd_max_units_per_track"):
         if getattr(s, name) < (0 if name == "audd_skip" else 1):
             raise bad(name, "out of range")
+    _validate_plyr_compat(s, bad)
+
+
+def _validate_plyr_compat(s: Settings, bad) -> None:
+    """[plyr_compat]: the key file's mode and contents are checked when the daemon starts (compat/plyr.py)."""
+    import re
+
+    if s.plyr_compat_key and s.plyr_compat_key_file:
+        raise bad("plyr_compat_key_file", "set the key or a file holding it, not both")
+    if s.plyr_compat_enabled and not (s.plyr_compat_key or s.plyr_compat_key_file):
+        raise bad("plyr_compat_enabled", "needs the shared key plyr.fm's backend sends as X-Moderation-Key: set"
+                                         " FIREHOSE_MOD_PLYR_COMPAT_KEY or [plyr_compat] key_file (mode 600)")
+    if s.plyr_compat_key and (len(s.plyr_compat_key) < 16 or any(c.isspace() for c in s.plyr_compat_key)):
+        raise bad("plyr_compat_key", "use at least 16 characters without spaces, e.g. python3 -c 'import secrets;"
+                                     " print(secrets.token_urlsafe(32))' (and the same in plyr.fm's backend)")
+    if s.plyr_compat_key_file is not None and not s.plyr_compat_key_file.is_file():
+        raise bad("plyr_compat_key_file", f"{s.plyr_compat_key_file} does not exist or is not a file")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}", s.plyr_compat_actor):
+        raise bad("plyr_compat_actor", f"{s.plyr_compat_actor[:80]!r}: use 1-64 letters, digits, '.', '_', '@', ':'"
+                                       " or '-'")
 
 
 def _validate_review(s: Settings, bad) -> None:
-    """[review], [triage] and [notify]."""
+    """[review], [triage], [notify] and [transparency]."""
     from firehose_mod.review.states import KINDS
 
     if s.triage_provider not in ("openai", "anthropic"):
@@ -424,3 +466,14 @@ def _validate_review(s: Settings, bad) -> None:
             check_did(did, what="a DM recipient")
         except IdentifierError as exc:
             raise bad("notify_dm_recipients", str(exc)) from None
+    if s.transparency_interval < 3600:
+        raise bad("transparency_interval", "must be at least 3600 seconds: a summary is a batch, never a post per"
+                                           " decision")
+    if s.transparency_enabled and not s.transparency_dry_run:
+        if s.did == "did:web:localhost":
+            raise bad("transparency_enabled", "summaries are posted from the labeler account: set [labeler] did to"
+                                              " its DID (or [transparency] dry_run = true)")
+        if not (s.labeler_app_password or s.labeler_app_password_file):
+            raise bad("transparency_enabled", "posting needs the labeler account's app password: set"
+                                              " FIREHOSE_MOD_LABELER_APP_PASSWORD or [labeler] app_password_file"
+                                              " (or [transparency] dry_run = true)")

@@ -16,6 +16,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from firehose_mod.compat.plyr import open_plyr_compat
 from firehose_mod.config import Settings
 from firehose_mod.events import TrackEvent
 from firehose_mod.ingest.build import build_source
@@ -26,7 +27,9 @@ from firehose_mod.labels.signing import SigningKey
 from firehose_mod.review.metrics import ReviewCollector
 from firehose_mod.review.reports import ReportDesk
 from firehose_mod.review.service import ReviewServices, open_review
+from firehose_mod.review.transparency import TransparencyCollector, open_poster
 from firehose_mod.scan.metrics import ScanCollector
+from firehose_mod.scan.netguard import warn_if_opened
 from firehose_mod.scan.registry import open_engine
 from firehose_mod.scan.worker import ScanWorkers
 from firehose_mod.server.admin import load_or_create_token
@@ -116,6 +119,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     """`firehose-mod run`: the composition root. Every part is built here (the engine and its
     dependencies by `scan.registry.open_engine`, which the dry run and rescan share), then
     ingest, scan workers and the label server run in one task group."""
+    warn_if_opened(settings, log, command="run")
     async with AsyncExitStack() as stack:
         label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
@@ -127,6 +131,8 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         # (a second fetcher on the same cache would delete the scanners' downloads in progress).
         desk_media = await stack.enter_async_context(DeskMedia(settings, review.store, fetcher=scanning.media))
         reports = await _open_reports(stack, settings, review, scanning.client)
+        review.plyr = await stack.enter_async_context(open_plyr_compat(settings, label_log, review, scanning))
+        poster = await stack.enter_async_context(open_poster(settings))  # None unless [transparency] enabled
         watched = await store.known_dids()
         verifier = None
         if settings.verify_commits:
@@ -148,6 +154,9 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                 tg.start_soon(supervised, "triage", review.triage.run)
             if review.notifier is not None:
                 tg.start_soon(supervised, "notify", review.notifier.run)
+            if poster is not None:
+                tg.start_soon(supervised, "transparency", poster.run)
+                server.metrics.registry.register(TransparencyCollector(poster))
             server.metrics.registry.register(ReviewCollector(review))
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine,
                      "review": review}

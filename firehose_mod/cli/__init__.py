@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_declare_parser(sub)
 
+    from firehose_mod.cli.import_labels import add_parser as add_import_parser
+
+    add_import_parser(sub)
+
+    from firehose_mod.cli.transparency import add_parser as add_transparency_parser
+
+    add_transparency_parser(sub)
+
+    from firehose_mod.cli.db import add_parser as add_db_parser
+
+    add_db_parser(sub)
+
     status = sub.add_parser("status", help="head seq, key, and each live subscriber with its cursor and lag")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
     status.add_argument("--url", help="labeler base URL (default this server: http://HOST:PORT)")

@@ -23,14 +23,14 @@ from firehose_mod.cli.common import CommandError, _out
 from firehose_mod.config import Settings
 from firehose_mod.ingest.resolve import DidResolver, ResolveError, pds_from_document
 from firehose_mod.labels import declaration as dc
+from firehose_mod.labels.account import AccountError, labeler_client
+from firehose_mod.labels.account import sdk_error as _sdk_error
 from firehose_mod.labels.model import format_datetime
 from firehose_mod.labels.signing import SigningKey
-from firehose_mod.scan.netguard import (UnsafeAddress, VettedTransport, outbound_client,
-                                        parse_networks)
+from firehose_mod.scan.netguard import UnsafeAddress, outbound_client
 
 GET_RECORD = "com.atproto.repo.getRecord"
 PUT_RECORD = "com.atproto.repo.putRecord"
-APP_PASSWORDS = "Bluesky: Settings > Privacy and security > App passwords"
 
 
 def add_parser(sub) -> None:
@@ -149,97 +149,33 @@ def _error_text(body: dict) -> str:
     return ": ".join(str(body[k])[:200] for k in ("error", "message") if body.get(k))
 
 
-def _app_password(settings: Settings) -> str:
-    if settings.labeler_app_password:
-        return settings.labeler_app_password
-    path = settings.labeler_app_password_file
-    if path is not None:
-        try:
-            mode = path.stat().st_mode & 0o777
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise CommandError(f"cannot read the app password file {path}: {exc.strerror}") from None
-        if mode & 0o077:
-            raise CommandError(f"the app password file {path} is readable by group or others (mode {mode:o});"
-                               f" run: chmod 600 {path}")
-        if text:
-            return text
-        raise CommandError(f"the app password file {path} is empty")
-    raise CommandError("--apply logs in to the labeler account and needs its app password: set"
-                       " FIREHOSE_MOD_LABELER_APP_PASSWORD, or [labeler] app_password_file to a file holding it"
-                       f" ({APP_PASSWORDS})")
-
-
 async def _publish(settings: Settings, pds: str, record: dict, published_cid: str | None) -> dict:
-    """Log in with the app password through the atproto SDK and write `record` exactly, swapping
-    the published cid; returns {uri, cid}."""
-    from atproto_client import AsyncClient, models
+    """Log in with the app password through the atproto SDK (`labels/account.py`) and write `record`
+    exactly, swapping the published cid; returns {uri, cid}."""
+    from atproto_client import models
     from atproto_client.exceptions import AtProtocolError, RequestErrorBase
     from atproto_client.models.utils import get_response_model
-    from atproto_client.request import AsyncRequest
 
-    password = _app_password(settings)
-    login = settings.labeler_handle or settings.did
-    # The SDK's HTTP client, with our vetted transport: no proxy from the environment, no
-    # connection to an address [media] allow_networks does not open.
-    request = AsyncRequest(transport=VettedTransport(allow=parse_networks(settings.media_allow_networks)),
-                           trust_env=False, timeout=30.0)
-    client = AsyncClient(base_url=pds, request=request)
-    sessions: list = []
-    client.on_session_change(lambda _event, session: sessions.append(session))
     try:
-        try:
+        async with labeler_client(settings, pds) as client:
+            body = {"repo": settings.did, "collection": dc.COLLECTION, "rkey": dc.RKEY, "record": record,
+                    "swapRecord": published_cid}  # null: only if no record exists (the lexicon's nullable swap)
             try:
-                await client.login(login, password, fetch_bsky_profile=False)
-            except TypeError:  # an atproto SDK from before fetch_bsky_profile
-                await client.login(login, password)
-        except (AtProtocolError, UnsafeAddress) as exc:
-            status = _status(exc)
-            if status in (400, 401):
-                raise CommandError(f"the PDS {pds} refused the app password for {login} ({_sdk_error(exc)}); nothing"
-                                   " was written. Check [labeler] handle and the app password"
-                                   f" (FIREHOSE_MOD_LABELER_APP_PASSWORD or [labeler] app_password_file; {APP_PASSWORDS})"
-                                   ) from None
-            raise CommandError(f"cannot log in to the PDS {pds}: {_sdk_error(exc)}; nothing was written") from None
-        session_did = getattr(sessions[-1], "did", None) if sessions else None
-        if session_did != settings.did:
-            raise CommandError(f"{login} logged in as {session_did}, not the labeler {settings.did}; nothing was"
-                               " written: set [labeler] handle to the labeler account's handle")
-        body = {"repo": settings.did, "collection": dc.COLLECTION, "rkey": dc.RKEY, "record": record,
-                "swapRecord": published_cid}  # null: only if no record exists (the lexicon's nullable swap)
-        try:
-            # The record as built, byte for byte: the SDK's typed model would add `$type` to nested objects.
-            response = await client.invoke_procedure(PUT_RECORD, content=json.dumps(body).encode(),
-                                                     input_encoding="application/json",
-                                                     output_encoding="application/json")
-            result = get_response_model(response, models.ComAtprotoRepoPutRecord.Response)
-        except RequestErrorBase as exc:
-            if "InvalidSwap" in _sdk_error(exc):
-                raise CommandError("the published record changed while declare ran (InvalidSwap); nothing was"
-                                   " written: run `firehose-mod declare` again to see the new difference") from None
-            raise CommandError(f"the PDS {pds} refused the record ({_sdk_error(exc)}); nothing was written") from None
-        except (AtProtocolError, UnsafeAddress) as exc:
-            raise CommandError(f"writing the record to {pds} failed: {_sdk_error(exc)}") from None
-        return {"uri": result.uri, "cid": result.cid}
-    finally:
-        await request.close()
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _sdk_error(exc: BaseException) -> str:
-    """`401 AuthenticationRequired: Invalid identifier or password`, from an SDK error."""
-    response = getattr(exc, "response", None)
-    content = getattr(response, "content", None)
-    parts = [str(getattr(content, k, "") or "") for k in ("error", "message")]
-    text = ": ".join(p for p in parts if p)
-    status = getattr(response, "status_code", None)
-    if status is not None:
-        return f"HTTP {status} {text}".strip()
-    return f"{type(exc).__name__}: {exc}"[:300]
+                # The record as built, byte for byte: the SDK's typed model would add `$type` to nested objects.
+                response = await client.invoke_procedure(PUT_RECORD, content=json.dumps(body).encode(),
+                                                         input_encoding="application/json",
+                                                         output_encoding="application/json")
+                result = get_response_model(response, models.ComAtprotoRepoPutRecord.Response)
+            except RequestErrorBase as exc:
+                if "InvalidSwap" in _sdk_error(exc):
+                    raise CommandError("the published record changed while declare ran (InvalidSwap); nothing was"
+                                       " written: run `firehose-mod declare` again to see the new difference") from None
+                raise CommandError(f"the PDS {pds} refused the record ({_sdk_error(exc)}); nothing was written") from None
+            except (AtProtocolError, UnsafeAddress) as exc:
+                raise CommandError(f"writing the record to {pds} failed: {_sdk_error(exc)}") from None
+            return {"uri": result.uri, "cid": result.cid}
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _undeclared_policy_values(settings: Settings, decl: dc.Declaration) -> list[str]:

@@ -52,6 +52,18 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await operator(settings, args)
         case "declare":
             return await declare(settings, args)
+        case "import":
+            from firehose_mod.cli.import_labels import import_labels
+
+            return await import_labels(settings, args)
+        case "transparency" if args.transparency_command == "preview":
+            from firehose_mod.cli.transparency import transparency
+
+            return await transparency(settings, args)
+        case "db" if args.db_command == "backup":
+            from firehose_mod.cli.db import db_command
+
+            return await db_command(settings, args)
         case "ingest" if args.ingest_command == "dead-letters":
             return await dead_letters(settings, args)
     raise CommandError(f"unknown command {args.command}")

@@ -34,7 +34,7 @@ from firehose_mod.ingest.records import (
     retrying,
 )
 from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did
-from firehose_mod.scan.netguard import outbound_client
+from firehose_mod.scan.netguard import outbound_client, warn_if_opened
 from firehose_mod.store.backfill import BackfillRepo, BackfillStore
 from firehose_mod.store.ingest import IngestStore
 
@@ -225,7 +225,8 @@ async def run_backfill(
       an exception it raises stops the run (committed pages and cursors are kept) and is
       re-raised as is. Cancelling the run is just as safe: the next run resumes.
     client: defaults to `outbound_client(settings)`, which refuses loopback, private and other
-      internal addresses unless `[media] allow_networks` opens them (the relay's, the PLC's too).
+      internal addresses unless `[media] allow_networks` or `allow_loopback_for_testing_only` opens
+      them (the relay's, the PLC's too).
     concurrency: repos read at the same time. max_attempts/retry_base: per HTTP call,
       transient errors are retried with jittered backoff from retry_base seconds.
     Raises ValueError for an invalid DID in `dids` or an invalid relay URL.
@@ -243,6 +244,7 @@ async def run_backfill(
             raise ValueError("; ".join(bad))
         dids = list(dict.fromkeys(dids))
     relay = None if dids is not None else _http_base(relay_url or DEFAULT_RELAY)
+    warn_if_opened(settings, log, command="backfill")
     own_client = client is None
     if client is None:  # vetted: PDS endpoints come from strangers' DID documents
         client = outbound_client(settings, user_agent="firehose-mod-backfill")

@@ -92,13 +92,28 @@ def validate_track(record: object) -> list[str]:
 
 
 def blocking_problems(record: object) -> list[str]:
-    """The problems that keep a record from being scanned: `validate_track`'s, except strings
-    over their maxLength in UTF-8 bytes. plyr.fm's own indexer measures those in code points
-    (`backend/utilities/lexicon.py` uses `len()`), so it accepts and shows a 100-character
-    Japanese title (300 bytes) that the spec rule refuses; dropping such records here would let
-    anyone dodge the labeler by writing in a script of multi-byte characters. They are scanned
-    like any other; a string over the limit in code points too is still refused."""
-    return [p for p in validate_track(record) if not _over_in_bytes_only(p, record)]
+    """The problems that keep a record from being scanned: `validate_track`'s, except two that
+    plyr.fm's own indexer (`backend/utilities/lexicon.py`) lets through, so that such tracks are
+    published; dropping them here would let them dodge the labeler:
+
+    - strings over their maxLength in UTF-8 bytes but not in code points (the indexer uses
+      `len()`): a 100-character Japanese title (300 bytes) is scanned like any other; a string
+      over the limit in code points too is still refused;
+    - an `audioBlob` whose mimeType is `video/*`: a PDS names a blob by sniffing its bytes and
+      refuses a record that declares another type, so an audio-only MP4 (an .m4a with the
+      `isom` brand) or WebM (a browser recording) is `video/mp4` or `video/webm` in a record the
+      reference PDS accepted; the indexer does not check blob types. The fetcher accepts that
+      declared type from getBlob and the audio scanner reads the audio stream."""
+    return [p for p in validate_track(record)
+            if not _over_in_bytes_only(p, record) and not _video_container_blob(p, record)]
+
+
+def _video_container_blob(problem: str, record: object) -> bool:
+    if not problem.startswith("audioBlob: mimeType ") or not isinstance(record, dict):
+        return False
+    blob = record.get("audioBlob")
+    mime = blob.get("mimeType") if isinstance(blob, dict) else None
+    return isinstance(mime, str) and mime.lower().startswith("video/")
 
 
 def _over_in_bytes_only(problem: str, record: object) -> bool:

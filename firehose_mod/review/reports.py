@@ -147,6 +147,12 @@ class ReportDesk:
             raise ReportRefused(f"reason must be a string of at most {MAX_REASON} bytes")
         subject = parse_subject(body.get("subject"), self.collections)
         mod_tool = body.get("modTool") if isinstance(body.get("modTool"), dict) else None
+        return await self.receive_about(reporter, via_service, reason_type, reason, subject, mod_tool)
+
+    async def receive_about(self, reporter: str, via_service: str | None, reason_type: str, reason: str | None,
+                            subject: Subject, mod_tool: dict | None = None) -> dict:
+        """`receive` for a subject already parsed (a report relayed by a trusted service, which
+        may name a record by its at:// URI alone: its cid is then the one ingest saw, if any)."""
         hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if await self.store.since(reporter=reporter, after=hour_ago) >= self.limits.per_reporter_hour:
             self._count("rate_limited")

@@ -28,6 +28,7 @@ class ReviewServices:
     triage: object | None = None  # review.triage.TriageAgent when [triage] enabled
     notifier: object | None = None  # review.notify.Notifier when a webhook or DM is configured
     reports: object | None = None  # review.reports.ReportDesk in the daemon (createReport, appeals)
+    plyr: object | None = None  # compat.plyr.PlyrCompat in the daemon when [plyr_compat] enabled
 
     def metrics(self) -> dict[str, dict]:
         """Counters for /metrics: desk actions, triage outcomes and spend, notices."""

@@ -17,7 +17,10 @@ against server-side request forgery and resource exhaustion:
 - **Bounds.** One deadline (`timeout`) covers DNS, redirects and the whole body;
   `max_redirects` hops; size limits checked against Content-Length and while streaming.
 - **Types.** `audio/*` (and `application/ogg`) for audio, raster `image/*` for cover art;
-  `application/octet-stream` only from getBlob, where the record's own `mimeType` is trusted.
+  `application/octet-stream` only from getBlob, where the record's own `mimeType` is trusted;
+  from getBlob also the `video/*` type the record declares for the blob: a PDS names a blob by
+  sniffing its bytes, and an audio-only MP4 or WebM is `video/mp4` or `video/webm` there (the
+  audio scanner reads the audio stream through ffmpeg's demuxer whitelist).
 - **Answers.** A permanent 4xx (404, 410, 403, a PDS's 400 BlobNotFound) is `MediaUnavailable`:
   the media is gone, and asking again gets the same answer. 5xx, 408, 429, timeouts and
   network errors are plain `MediaError`s, worth a retry.
@@ -97,8 +100,10 @@ def _cid_digest(cid: str) -> bytes | None:
     return None
 
 
-def _type_ok(content_type: str, kind: str, octet_ok: bool) -> bool:
+def _type_ok(content_type: str, kind: str, octet_ok: bool, container: str | None = None) -> bool:
     main = content_type.split(";", 1)[0].strip().lower()
+    if kind == "audio" and container is not None and main == container:
+        return True  # the video/* container a getBlob record declared (see the module docstring)
     if kind == "audio" and (main.startswith("audio/") or main == "application/ogg"):
         return True
     # SVG is XML with scripts and entities; no cover-art scanner needs a vector image.
@@ -193,10 +198,13 @@ class SafeFetcher:
         """Fetch an audio blob with com.atproto.sync.getBlob from `did`'s PDS.
 
         A PDS may answer application/octet-stream; that is accepted only when the record
-        declared an `audio/*` mimeType for the blob.
+        declared an `audio/*` mimeType for the blob. A `video/*` answer is accepted when it is
+        the type the record declared (an audio-only MP4 or WebM, as the PDS sniffed it).
         """
         digest = _cid_digest(cid)
-        octet_ok = isinstance(mime_type, str) and mime_type.lower().startswith("audio/")
+        declared = mime_type.split(";", 1)[0].strip().lower() if isinstance(mime_type, str) else ""
+        octet_ok = declared.startswith("audio/")
+        container = declared if declared.startswith("video/") else None
         if isinstance(declared_size, int) and declared_size > self.limits["audio"]:
             raise MediaError(f"blob {cid} declares {declared_size} bytes, over the {self.limits['audio']}-byte limit")
         # A CID we can verify names the content itself; otherwise keep the PDS's word per account.
@@ -209,7 +217,7 @@ class SafeFetcher:
                 raise MediaError(f"cannot find the PDS of {did}: {exc}") from None
             url = f"{pds.rstrip('/')}/xrpc/com.atproto.sync.getBlob"
             await self._download(url, "audio", dest, params={"did": did, "cid": cid}, octet_ok=octet_ok,
-                                 digest=digest)
+                                 digest=digest, container=container)
 
         return await self._cached(key, download)
 
@@ -238,13 +246,13 @@ class SafeFetcher:
                 self._locks.pop(key, None)
 
     async def _download(self, url: str, kind: str, dest: Path, *, params: dict | None = None,
-                        octet_ok: bool = False, digest: bytes | None = None) -> None:
+                        octet_ok: bool = False, digest: bytes | None = None, container: str | None = None) -> None:
         shown = url[:200]
         try:
             with anyio.fail_after(self.timeout):
                 response = await self._open(url, kind, params)
                 try:
-                    await self._store(response, kind, dest, octet_ok, digest)
+                    await self._store(response, kind, dest, octet_ok, digest, container)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -292,10 +300,10 @@ class SafeFetcher:
             raise UnsafeAddress(f"{url[:200]}: not a plain http(s) URL with a host")
 
     async def _store(self, response: httpx.Response, kind: str, dest: Path, octet_ok: bool,
-                     digest: bytes | None) -> None:
+                     digest: bytes | None, container: str | None = None) -> None:
         shown, limit = str(response.url)[:200], self.limits[kind]
         content_type = response.headers.get("content-type", "")
-        if not _type_ok(content_type, kind, octet_ok):
+        if not _type_ok(content_type, kind, octet_ok, container):
             raise MediaError(f"{shown}: content type {content_type[:60]!r} is not {kind}")
         length = response.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:

@@ -4,7 +4,9 @@ A connection goes through `_VettingBackend`: it resolves the host itself, refuse
 answer is loopback, private, link-local, CGNAT, multicast, reserved or unspecified (IPv4
 inside IPv6 and NAT64 included), then connects to exactly those vetted addresses, so a DNS
 answer that changes between the check and the connection (rebinding) cannot slip through.
-`allow_networks` opens chosen networks (tests, a deliberate operator) and nothing else.
+`allow_networks` opens chosen networks (tests, a deliberate operator) and nothing else; the
+settings `[media] allow_networks` and `[media] allow_loopback_for_testing_only` (a PDS, PLC and
+relay on this machine: the reference-PDS tests) feed it, through `allowed_networks`.
 
 Every outbound HTTP request of the labeler goes through such a connection: media (`SafeFetcher`),
 and the clients of `vetted_client` / `outbound_client` for DID documents (PLC, did:web), PDS
@@ -172,9 +174,32 @@ def vetted_client(*, allow_networks: Iterable[str | IPNetwork] = (), resolve: Re
 
 class _NetSettings(Protocol):
     media_allow_networks: tuple[str, ...]
+    media_allow_loopback_for_testing_only: bool
+
+
+def allowed_networks(settings: _NetSettings) -> tuple[str, ...]:
+    """The configured allow-list of every outbound request: `[media] allow_networks`, plus loopback
+    (127.0.0.0/8 and ::1) when `[media] allow_loopback_for_testing_only` is on. Empty by default."""
+    from firehose_mod.config import LOOPBACK_NETWORKS
+
+    loopback = LOOPBACK_NETWORKS if getattr(settings, "media_allow_loopback_for_testing_only", False) else ()
+    return tuple(settings.media_allow_networks) + loopback
+
+
+def warn_if_opened(settings: _NetSettings, log: Any, *, command: str) -> None:
+    """Log a warning when configuration lets outbound requests reach non-public addresses (call at start)."""
+    if getattr(settings, "media_allow_loopback_for_testing_only", False):
+        log.warning("netguard.loopback_allowed", command=command, networks=list(allowed_networks(settings)),
+                    setting="[media] allow_loopback_for_testing_only",
+                    hint="TESTING ONLY: any record or DID document can now make this labeler fetch from this"
+                         " machine's own services; turn it off in production")
+    elif settings.media_allow_networks:
+        log.warning("netguard.networks_allowed", command=command, networks=list(settings.media_allow_networks),
+                    setting="[media] allow_networks",
+                    hint="records and DID documents can make this labeler fetch from these private networks")
 
 
 def outbound_client(settings: _NetSettings, *, resolve: Resolve = system_resolve, **kw: Any) -> httpx.AsyncClient:
-    """`vetted_client` with the configured allow-list (`[media] allow_networks`, which covers every
+    """`vetted_client` with the configured allow-list (`allowed_networks`, which covers every
     outbound request: empty by default, so nothing private, loopback or link-local is reached)."""
-    return vetted_client(allow_networks=settings.media_allow_networks, resolve=resolve, **kw)
+    return vetted_client(allow_networks=allowed_networks(settings), resolve=resolve, **kw)

@@ -26,7 +26,7 @@ from firehose_mod.scan.catalogue import Catalogue, open_catalogue
 from firehose_mod.scan.cover import CoverArtScanner, PdqBlocklist, opennsfw_score
 from firehose_mod.scan.engine import ScanEngine
 from firehose_mod.scan.media import SafeFetcher
-from firehose_mod.scan.netguard import outbound_client
+from firehose_mod.scan.netguard import allowed_networks, outbound_client
 from firehose_mod.scan.policy import load_policy
 from firehose_mod.scan.selflabels import SelfLabelScanner
 from firehose_mod.scan.text import TextBlocklist, TextScanner
@@ -143,7 +143,7 @@ async def open_engine(settings: Settings, label_log: LabelLog | None = None, *, 
             max_image_bytes=settings.media_max_image_mb * 1024 * 1024,
             timeout=settings.media_timeout, max_redirects=settings.media_max_redirects,
             max_cache_bytes=settings.media_cache_max_mb * 1024 * 1024,
-            allow_networks=settings.media_allow_networks, allow_http=settings.media_allow_http))
+            allow_networks=allowed_networks(settings), allow_http=settings.media_allow_http))
         media = wrap_media(fetcher) if wrap_media else fetcher
         scanners = build_scanners(settings, catalogue=catalogue)
         engine = ScanEngine(scanners, policy, label_log, decisions, ScanContext(media=media, run_cpu=cpu),

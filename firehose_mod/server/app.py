@@ -92,6 +92,8 @@ class LabelServer:
             desk_page.add_routes(r, self.review, self.settings, self.feed.log, self.media)
         if self.reports is not None:  # atproto service JWTs: reports and appeals from the network
             report_api.add_routes(r, *self.reports)
+        if self.review is not None and self.review.plyr is not None:  # [plyr_compat]: plyr.fm's backend contract
+            self.review.plyr.add_routes(r)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; reports the bound port through `task_status`."""

@@ -41,6 +41,7 @@ from firehose_mod.scan.base import MediaError, MediaUnavailable, Track
 from firehose_mod.scan.cover import CoverImageError, CoverLimits, decode_cover
 from firehose_mod.scan.fingerprint.extract import ffmpeg_input
 from firehose_mod.scan.media import SafeFetcher
+from firehose_mod.scan.netguard import allowed_networks
 from firehose_mod.store.catalogue import CatalogueStore
 from firehose_mod.store.db import SchemaError, close_shielded
 from firehose_mod.store.review import ReviewItem, ReviewStore
@@ -252,7 +253,7 @@ class DeskMedia:
                     DidResolver(client, s.plc_url), cache_dir=s.data_dir / "media",
                     max_audio_bytes=s.media_max_audio_mb * MiB, max_image_bytes=s.media_max_image_mb * MiB,
                     timeout=s.media_timeout, max_redirects=s.media_max_redirects,
-                    max_cache_bytes=s.media_cache_max_mb * MiB, allow_networks=s.media_allow_networks,
+                    max_cache_bytes=s.media_cache_max_mb * MiB, allow_networks=allowed_networks(s),
                     allow_http=s.media_allow_http))
         return self._fetcher
 

@@ -3,7 +3,8 @@
 - Every failure, ours or the framework's, leaves as `{"error": Name, "message": ...}` with its
   status, as XRPC clients expect; an unknown `/xrpc/` method is 501 `MethodNotImplemented`,
   a known path asked with another method 405 (with `Allow`).
-- Bounds: request bodies `MAX_BODY` (the reference PDS's JSON limit), header lines and the
+- Bounds: request bodies `MAX_BODY` (the reference PDS's JSON limit; a handler with a `max_body`
+  attribute allows that many bytes and reads its body itself), header lines and the
   number of headers (`HEADER_LIMITS`, given to the HTTP parser), and one value only of the
   headers we act on (`SINGLE_HEADERS`): two `X-Forwarded-For` are a 400, never a guess.
 - CORS as the atproto reference PDS sends it (express `cors({maxAge: DAY})`, its defaults):
@@ -97,8 +98,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         for name in SINGLE_HEADERS:
             if len(request.headers.getall(name, ())) > 1:
                 raise XrpcError("InvalidRequest", f"more than one {name} header")
-        if (request.content_length or 0) > MAX_BODY:
-            raise XrpcError("PayloadTooLarge", f"request bodies are limited to {MAX_BODY} bytes", 413)
+        limit = getattr(request.match_info.handler, "max_body", MAX_BODY)  # a handler may allow more
+        if (request.content_length or 0) > limit:
+            raise XrpcError("PayloadTooLarge", f"request bodies are limited to {limit} bytes", 413)
         return await handler(request)
     except XrpcError as exc:
         return xrpc_error(exc.status, exc.error, exc.message)

@@ -180,6 +180,13 @@ class DecisionWriter:
 
         return ReportWriter(self._db)
 
+    @property
+    def imports(self):
+        """Marks on the rows of a label import (`firehose-mod import`), committed with the labels they wrote."""
+        from firehose_mod.store.label_import import ImportRowWriter
+
+        return ImportRowWriter(self._db)
+
     async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
         """`DecisionStore.resolve_reviews` inside the held transaction (e.g. with a delete's negations)."""
         return await ReviewWriter(self._db).close_waiting(uri, resolution, actor, values)

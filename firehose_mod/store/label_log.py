@@ -5,7 +5,11 @@ Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction)
   is a no-op and returns None;
 - a negation is written only for a label in force;
 - a label whose `emit` returned is committed with the configured `synchronous` level
-  (FULL by default), so it survives `kill -9` of the process and a power cut.
+  (FULL by default), so it survives `kill -9` of the process and a power cut;
+- an imported label (`EmitRequest.cts` given: another labeler's label, `firehose-mod import`)
+  keeps its cts, is skipped when our latest label on (uri, val) is newer than it, and is
+  skipped when the log already holds it (same uri, val, neg and cts): importing twice writes
+  nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import aiosqlite
 import anyio
 import structlog
 
-from firehose_mod.labels.model import Label, now_iso, validate_label_fields
+from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db, transaction
 from firehose_mod.store.decisions import DecisionWriter
@@ -50,6 +54,7 @@ class EmitRequest:
     cid: str | None = None
     neg: bool = False
     exp: str | None = None
+    cts: str | None = None  # an imported label's own creation time, kept (see the module docstring)
 
 
 def _row(row: tuple) -> StoredLabel:
@@ -129,6 +134,8 @@ class LabelLog:
         requests = list(requests)
         for r in requests:
             validate_label_fields(r.uri, r.val, r.cid, r.exp)
+            if r.cts is not None:
+                parse_datetime(r.cts)
         async with self._write_lock:
             started = time.monotonic()
             written = await self._append(requests, also)
@@ -151,10 +158,12 @@ class LabelLog:
             # each aiosqlite call is a thread hop, which costs more than the SQL itself.
             current = await self._currents({(r.uri, r.val) for r in requests})
             for r in requests:
+                if r.cts is not None and not await self._import_applies(current.get((r.uri, r.val)), r):
+                    continue
                 if not _changes_state(current.get((r.uri, r.val)), r, now):
                     continue
                 label = self.key.sign(
-                    Label(src=self.src, uri=r.uri, val=r.val, cts=now_iso(), cid=r.cid, neg=r.neg, exp=r.exp)
+                    Label(src=self.src, uri=r.uri, val=r.val, cts=r.cts or now_iso(), cid=r.cid, neg=r.neg, exp=r.exp)
                 )
                 cbor = label.to_cbor()
                 async with db.execute(
@@ -176,6 +185,17 @@ class LabelLog:
             if also is not None:
                 await also(DecisionWriter(db), written)
         return written
+
+    async def _import_applies(self, current: Label | None, r: EmitRequest) -> bool:
+        """An imported label applies unless our latest label on (uri, val) is newer than it, or the
+        log already holds this very label (imported before). Inside the write transaction."""
+        if current is not None and parse_datetime(current.cts) > parse_datetime(r.cts):
+            return False
+        async with self._writer.execute(
+            "SELECT 1 FROM labels WHERE uri = ? AND val = ? AND neg = ? AND cts = ? AND src = ? LIMIT 1",
+            (r.uri, r.val, int(r.neg), r.cts, self.src),
+        ) as cur:
+            return await cur.fetchone() is None
 
     async def _currents(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
         """The latest label of this labeler for each (uri, val) in `keys` (inside the write transaction)."""

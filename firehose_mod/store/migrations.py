@@ -363,4 +363,128 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER reports_append_only_delete BEFORE DELETE ON reports
         BEGIN SELECT RAISE(ABORT, 'reports are kept as received'); END;
     """,
+    # 13: transparency summaries: one row per batch of decisions posted (or to post) from the labeler
+    # account. A batch covers the moderation events after `after_event` up to `last_event`; the next
+    # batch starts where this one ends (UNIQUE: never two posts for one stretch). The post's rkey is
+    # chosen before the first attempt, so a retry finds a post that landed instead of posting again.
+    """
+    CREATE TABLE transparency_posts (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        after_event  INTEGER NOT NULL UNIQUE,   -- moderation_event.id the previous batch ended at (0: none)
+        last_event   INTEGER NOT NULL,          -- the last moderation_event.id this batch covers
+        period_start TEXT NOT NULL,
+        period_end   TEXT NOT NULL,
+        summary      TEXT NOT NULL,             -- JSON: the counts
+        text         TEXT NOT NULL,             -- the post's text, as it is (re)sent
+        rkey         TEXT NOT NULL UNIQUE,      -- app.bsky.feed.post record key (a TID)
+        created      TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        uri          TEXT,                      -- set once posted
+        cid          TEXT,
+        posted       TEXT
+    );
+    CREATE INDEX transparency_posts_pending ON transparency_posts(posted, id);
+    """,
+    # 14: label imports from another labeler (`firehose-mod import`): where reading each source
+    # stands, and every label read, once (ident: SHA-256 of its signed fields), with what applying it
+    # did here (outcome, marked in the label log's transaction). queryLabels rows carry no seq: `pos`
+    # is the stream seq, or the row's running position in the source's answer.
+    """
+    CREATE TABLE label_imports (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        source    TEXT NOT NULL,               -- the source's base URL
+        did       TEXT NOT NULL DEFAULT '',    -- the src asked for ('' = all)
+        mode      TEXT NOT NULL CHECK (mode IN ('query', 'stream')),
+        cursor    TEXT,                        -- resume reading after this
+        state     TEXT NOT NULL DEFAULT 'fetching' CHECK (state IN ('fetching', 'fetched')),
+        pages     INTEGER NOT NULL DEFAULT 0,
+        rows      INTEGER NOT NULL DEFAULT 0,
+        positions INTEGER NOT NULL DEFAULT 0,
+        high_seq  INTEGER,                     -- the highest source seq seen
+        started   TEXT NOT NULL,
+        updated   TEXT NOT NULL,
+        UNIQUE (source, did, mode)
+    );
+    CREATE TABLE label_import_rows (
+        import_id INTEGER NOT NULL REFERENCES label_imports(id),
+        ident     BLOB NOT NULL,
+        pos       INTEGER NOT NULL,
+        sub       INTEGER NOT NULL DEFAULT 0,
+        src       TEXT NOT NULL,
+        uri       TEXT NOT NULL,
+        cid       TEXT,
+        val       TEXT NOT NULL,
+        neg       INTEGER NOT NULL,
+        cts       TEXT NOT NULL,               -- as the source signed it
+        exp       TEXT,
+        ver       INTEGER,
+        sig       BLOB,
+        cts_key   TEXT NOT NULL,               -- cts in UTC with microseconds, to sort by
+        verified  INTEGER,                     -- the source's signature: 1 valid, 0 not, NULL unchecked
+        outcome   TEXT,                        -- NULL until applied: written | unchanged | invalid: why
+        label_seq INTEGER,                     -- our seq, when written
+        PRIMARY KEY (import_id, ident)
+    ) WITHOUT ROWID;
+    CREATE INDEX label_import_rows_order ON label_import_rows(import_id, outcome, cts_key, pos, sub);
+    CREATE INDEX label_import_rows_subject ON label_import_rows(import_id, uri, val, pos, sub);
+    """,
+    # 15: plyr.fm compatibility ([plyr_compat], compat/plyr.py): the moderation event log its backend
+    # reads and writes (posted events, and our labels mirrored from `mirror_floor` on), the sensitive
+    # images it blurs (a removal is recorded, never deleted), and the reports it relays, as received.
+    """
+    CREATE TABLE plyr_events (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,   -- the backend's events-since cursor
+        subject_uri      TEXT NOT NULL,
+        subject_track_id INTEGER,                            -- plyr.fm's track id, when it sent one
+        action           TEXT NOT NULL,                      -- flagged_by_scan, reported, label_applied, ...
+        actor            TEXT NOT NULL,
+        reason           TEXT,
+        notes            TEXT,
+        created_at       TEXT NOT NULL,
+        label_seq        INTEGER UNIQUE                      -- label_applied / label_negated mirrored from labels
+    );
+    CREATE INDEX plyr_events_subject ON plyr_events(subject_uri, id);
+    CREATE INDEX plyr_events_action ON plyr_events(action, id);
+    CREATE TRIGGER plyr_events_append_only_update BEFORE UPDATE ON plyr_events
+        BEGIN SELECT RAISE(ABORT, 'plyr_events is append-only: record a new event instead'); END;
+    CREATE TRIGGER plyr_events_append_only_delete BEFORE DELETE ON plyr_events
+        BEGIN SELECT RAISE(ABORT, 'plyr_events is append-only: record a new event instead'); END;
+    CREATE TABLE plyr_state (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE plyr_sensitive_images (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id    TEXT,           -- plyr.fm's R2 image id (track and album artwork)
+        url         TEXT,           -- or a full URL (avatars)
+        reason      TEXT,
+        flagged_by  TEXT,
+        flagged_at  TEXT NOT NULL,
+        removed     TEXT,           -- when it was taken off the list
+        removed_by  TEXT,
+        CHECK (image_id IS NOT NULL OR url IS NOT NULL)
+    );
+    CREATE TABLE plyr_reports (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,   -- the report_id the backend gets
+        reporter_did    TEXT NOT NULL,
+        reporter_handle TEXT,
+        target_type     TEXT NOT NULL,
+        target_id       TEXT NOT NULL,
+        target_name     TEXT,
+        target_url      TEXT,
+        target_uri      TEXT,
+        reason          TEXT NOT NULL,
+        description     TEXT,
+        screenshot_url  TEXT,
+        report_id       INTEGER REFERENCES reports(id),      -- the report it became, when it names a subject
+        item_id         INTEGER REFERENCES review_items(id), -- the review item it opened or joined
+        not_routed      TEXT,                                -- why it opened no item
+        created_at      TEXT NOT NULL
+    );
+    CREATE TRIGGER plyr_reports_append_only_update BEFORE UPDATE ON plyr_reports
+        BEGIN SELECT RAISE(ABORT, 'plyr_reports are kept as received'); END;
+    CREATE TRIGGER plyr_reports_append_only_delete BEFORE DELETE ON plyr_reports
+        BEGIN SELECT RAISE(ABORT, 'plyr_reports are kept as received'); END;
+    """,
 ]

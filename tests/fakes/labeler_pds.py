@@ -15,6 +15,13 @@ session's bearer token; `swapRecord` given (a string or null) must match the cur
 sha2-256) of its DAG-CBOR; an unchanged record is a no-op that keeps its cid. `records` holds
 (value, cid) by (collection, rkey); `writes` every accepted putRecord body; `calls` every request;
 `on_session` runs after each successful createSession (to change the repo between read and write).
+
+createRecord (the transparency poster's posts) follows the reference PDS too: bearer auth, `$type`
+matching the collection, the given `rkey` or a new TID; a key that already holds a record is the
+repo's MST refusing a second value (`There is already a value at key`), which the reference PDS
+does not catch: 500 InternalServerError. `created` holds every accepted createRecord body. Knobs:
+`fail_creates = N` answers the next N createRecord calls 503 without writing; `lose_create_answers
+= N` writes the next N records and then answers 502, as if the answer were lost on the way back.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class FakeLabelerPDS(LocalHTTPServer):
         self.on_session = None  # called after each successful createSession (e.g. someone else writes)
         self.records: dict[tuple[str, str], tuple[dict, str]] = {}
         self.writes: list[dict] = []
+        self.created: list[dict] = []  # accepted createRecord bodies
+        self.fail_creates = 0
+        self.lose_create_answers = 0
         self.calls: list[dict] = []
         self.access = _jwt({"scope": "com.atproto.appPass", "sub": did, "exp": int(time.time()) + 3600})
         self._lock = threading.Lock()
@@ -150,6 +160,10 @@ class FakeLabelerPDS(LocalHTTPServer):
             if auth != f"Bearer {self.access}":
                 return 401, {"error": "AuthenticationRequired", "message": "Authentication Required"}
             return self._put_record(data)
+        if nsid == "com.atproto.repo.createRecord" and method == "POST":
+            if auth != f"Bearer {self.access}":
+                return 401, {"error": "AuthenticationRequired", "message": "Authentication Required"}
+            return self._create_record(data)
         return 501, {"error": "MethodNotImplemented", "message": f"Method Not Implemented: {nsid}"}
 
     def _create_session(self, data) -> tuple[int, dict]:
@@ -194,3 +208,36 @@ class FakeLabelerPDS(LocalHTTPServer):
         return 200, {"uri": f"at://{self.did}/{key[0]}/{key[1]}", "cid": cid,
                      "commit": {"cid": record_cid({"commit": cid}), "rev": "3lbcdefghijk2"},
                      "validationStatus": "valid"}
+
+    def _create_record(self, data) -> tuple[int, dict]:
+        if not isinstance(data, dict) or not {"repo", "collection", "record"} <= set(data):
+            return 400, {"error": "InvalidRequest", "message": "Input must have the properties repo, collection,"
+                                                              " record"}
+        if data["repo"] != self.did:
+            return 403, {"error": "InvalidRequest", "message": "Invalid repo"}
+        record = data["record"]
+        if not isinstance(record, dict) or record.get("$type") != data["collection"]:
+            return 400, {"error": "InvalidRequest", "message": "Invalid $type: must match collection"}
+        with self._lock:
+            if self.fail_creates > 0:
+                self.fail_creates -= 1
+                return 503, {"error": "ServiceUnavailable", "message": "try again later"}
+            rkey = data.get("rkey") or _new_tid()
+            key = (data["collection"], rkey)
+            if key in self.records:
+                return 500, {"error": "InternalServerError", "message": "Internal Server Error"}
+            cid = record_cid(record)
+            self.records[key] = (record, cid)
+            self.created.append(data)
+            if self.lose_create_answers > 0:
+                self.lose_create_answers -= 1
+                return 502, {"error": "BadGateway", "message": "the answer was lost"}
+        return 200, {"uri": f"at://{self.did}/{key[0]}/{key[1]}", "cid": cid,
+                     "commit": {"cid": record_cid({"commit": cid}), "rev": "3lbcdefghijk3"},
+                     "validationStatus": "valid"}
+
+
+def _new_tid() -> str:
+    """A TID for a record created without an rkey (microseconds and a clock id, base32-sortable)."""
+    n = (int(time.time() * 1_000_000) << 10) | 7
+    return "".join("234567abcdefghijklmnopqrstuvwxyz"[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
