@@ -14,6 +14,10 @@ CPU, its worker processes and the WAL (size, and the checkpoint counter in its h
 (`--burst-at`) a separate process writes `--burst` labels into the log (bench/soak_burst.py), and
 `--slow-lead` s before that one more subscriber connects and never reads.
 
+`--kill-at 0.33,0.66` SIGKILLs the daemon at those fractions of the run and restarts it (readers
+reconnect from their last seq, the Jetstream replays from the daemon's cursor); `--llm` turns the
+triage agent on against a local fake OpenAI server. Their checks: bench/soak_restarts.py.
+
 At the end: readers get time to catch up, the traffic stops, the daemon gets SIGTERM (the time to
 exit is measured), and every reader's seqs are compared with the label log. A daemon that dies
 ends the run early: its exit code and the tail of its stderr go into the report.
@@ -48,6 +52,7 @@ from firehose_mod.server.admin import auth_header  # noqa: E402
 
 import soak_media  # noqa: E402
 import soak_report  # noqa: E402
+import soak_restarts  # noqa: E402
 from soak_procs import Child, ProcSampler, daemon_log_tail, db_summary, free_port, parse_metrics  # noqa: E402
 
 SLOW_AGENT = "soak-slow"
@@ -75,7 +80,16 @@ allow_http = true
 [log]
 level = "info"
 format = "json"
-""")
+""" + (f"""[triage]
+enabled = true
+provider = "openai"
+endpoint = "{a.llm_url}"
+model = "gpt-4o-mini"
+api_key = "sk-test-key"
+interval = {a.llm_interval}
+batch_size = 20
+concurrency = 2
+""" if getattr(a, "llm_url", None) else ""))
     return cfg
 
 
@@ -95,6 +109,8 @@ class Soak:
         self.slow_listed: bool | None = None
         self.last_status: dict = {}
         self.last_metrics: dict = {}
+        self.restarting = False
+        self.lives: list[dict] = []  # one per daemon process: pid, start, healthy, end, how it ended
 
     def now(self) -> float:
         return round(time.time() - self.t0, 3)
@@ -107,12 +123,15 @@ class Soak:
     # -- the processes ---------------------------------------------------------------------------
     async def start(self, env: dict, cfg: Path, port: int) -> None:
         self.port = port
-        self.t0 = time.time()
-        self.log_file = open(self.log_path, "wb")
+        if not self.t0:
+            self.t0 = time.time()
+        if self.log_file is None:
+            self.log_file = open(self.log_path, "wb")
         self.daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "firehose_mod", "--config", str(cfg), "run", env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=self.log_file)
         self.event("daemon_started", pid=self.daemon.pid)
+        self.lives.append({"life": len(self.lives) + 1, "pid": self.daemon.pid, "start": self.now()})
         async with httpx.AsyncClient(timeout=2) as client:
             for _ in range(600):
                 if self.daemon.returncode is not None:
@@ -120,6 +139,7 @@ class Soak:
                 try:
                     if (await client.get(f"http://127.0.0.1:{port}/xrpc/_health")).status_code == 200:
                         self.event("daemon_healthy")
+                        self.lives[-1]["healthy"] = self.now()
                         return
                 except httpx.HTTPError:
                     pass
@@ -127,7 +147,12 @@ class Soak:
         raise RuntimeError(f"the daemon did not become healthy:\n{daemon_log_tail(self.log_path)}")
 
     async def watch_daemon(self) -> None:
-        code = await self.daemon.wait()
+        while True:
+            code = await self.daemon.wait()
+            if not self.restarting:
+                break
+            while self.restarting:  # killed on purpose (--kill-at): watch the next one
+                await asyncio.sleep(0.05)
         if not self.stopping:
             self.event("daemon_died", returncode=code, stderr_tail=daemon_log_tail(self.log_path))
             self.res["daemon_died"] = {"t": self.now(), "returncode": code, "stderr_tail": daemon_log_tail(self.log_path)}
@@ -216,6 +241,29 @@ class Soak:
         self.event("slow_gone_from_status" if self.slow_listed is False else "slow_still_listed")
         subs.send("slow-drain")
 
+    async def kill_and_restart(self) -> None:
+        """--kill-at: SIGKILL the daemon at each fraction of the run and start it again at once."""
+        for frac in self.a.kill_at:
+            await asyncio.sleep(max(0.0, self.a.minutes * 60 * frac - self.now()))
+            if self.died.is_set():
+                return
+            before = dict(self.last_status)
+            self.restarting = True
+            old = self.daemon
+            old.send_signal(signal.SIGKILL)
+            code = await old.wait()
+            life = self.lives[-1]
+            life.update(end=self.now(), ended="SIGKILL", returncode=code,
+                        last_status={k: before.get(k) for k in ("t", "head", "cursor", "queue", "subscribers")})
+            life["db_at_kill"] = soak_restarts.db_at_kill(self.db)
+            self.event("daemon_killed", pid=old.pid, returncode=code, **life["db_at_kill"])
+            try:
+                await self.start(self.env, self.cfg, self.port)
+            finally:
+                self.sampler.pid = self.daemon.pid
+                self.restarting = False
+            self.lives[-1]["db_at_start"] = life["db_at_kill"]
+
     # -- the end ----------------------------------------------------------------------------------
     async def catch_up(self, subs: Child, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -259,7 +307,13 @@ async def run(a: argparse.Namespace) -> dict:
         name, _, value = item.partition("=")
         daemon_env["FIREHOSE_MOD_" + name.upper()] = value
     port = free_port()
+    llm = None
+    if a.llm:
+        llm = soak_restarts.CyclingOpenAI().start()
+        a.llm_url = llm.url
+    sent_log = a.out / f"soak-{stamp}-sent.jsonl"
     js = await Child.start("jetstream", [sys.executable, str(HERE / "soak_jetstream.py"), "--rate", str(a.rate),
+                                         "--replay-window", str(a.replay_window), "--sent-log", str(sent_log),
                                          "--track-every", str(a.track_every), "--media-base", f"http://127.0.0.1:{media.port}",
                                          "--cover-fraction", str(a.cover_fraction), "--audio-fraction", str(a.audio_fraction),
                                          "--covers", str(a.covers), "--clips", str(a.clips)], s)
@@ -270,6 +324,7 @@ async def run(a: argparse.Namespace) -> dict:
         s.cfg = write_config(a, data, port, hello["port"], blocklist)
         if "copyright" in a.scanners and a.clips:
             s.res["catalogue"] = soak_media.import_reference(s.cfg, files["/audio/0.mp3"], env)
+        s.env = daemon_env
         await s.start(daemon_env, s.cfg, port)
         subs = await Child.start("subscribers", [sys.executable, str(HERE / "soak_subscribers.py"), "--port", str(port),
                                                  "--readers", str(a.subscribers - 1)], s)
@@ -281,7 +336,8 @@ async def run(a: argparse.Namespace) -> dict:
             tasks = [asyncio.create_task(c) for c in (
                 s.watch_daemon(), s.every(a.sample_interval, s.sample),
                 s.every(a.status_interval, lambda: s.poll_status(client)),
-                s.every(a.metrics_interval, lambda: s.scrape_metrics(client)), s.schedule(subs))]
+                s.every(a.metrics_interval, lambda: s.scrape_metrics(client)), s.schedule(subs),
+                s.kill_and_restart())]
             try:
                 await asyncio.wait_for(s.died.wait(), a.minutes * 60 - s.now())
             except asyncio.TimeoutError:
@@ -296,19 +352,28 @@ async def run(a: argparse.Namespace) -> dict:
             subs.send("slow-drain")
             await subs.wait_for("slow_drain", timeout=30)
         js.send("stop")
+        if a.llm or a.kill_at:  # let the scan queue drain and one more triage pass run before the end
+            s.res["review_wait"] = await soak_restarts.wait_quiet(s, a.llm_interval * 2 + 10 if a.llm else 15)
         subs.send("hold")
         await s.sample()
         await s.stop_daemon()
+        if s.lives:
+            s.lives[-1].update(end=s.now(), ended="SIGTERM")
         tasks[0].cancel()
         subs.send(f"report {s.db}")
         rep = await subs.wait_for("report", timeout=300)
         s.res["delivery"] = rep
         s.res["slow"] = {"connect": subs.last("slow"), "drain": subs.last("slow_drain")}
         s.res["final_db"] = db_summary(s.db)
+        s.res["lives"] = s.lives
+        if a.kill_at or a.llm:
+            s.res["restarts"] = soak_restarts.checks(s, sent_log, llm)
     finally:
         for c in children:
             await c.close()
         media.stop()
+        if llm is not None:
+            llm.stop()
         if s.log_file is not None:
             s.log_file.close()
         if s.daemon is not None and s.daemon.returncode is None:
@@ -346,14 +411,29 @@ def main() -> None:
                     "(default: 5, or a fifth of a shorter run)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a daemon setting as FIREHOSE_MOD_NAME=VALUE (wins over soak.toml), e.g. stream_send_timeout=5")
+    ap.add_argument("--kill-at", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
+                    help="SIGKILL the daemon at these fractions of the run and restart it, e.g. 0.33,0.66")
+    ap.add_argument("--llm", action="store_true", help="triage on, against a local fake OpenAI server"
+                    " (tests/fakes/llm.py) answering FALSE_POSITIVE, VIOLATION and NEEDS_HUMAN in turn")
+    ap.add_argument("--llm-interval", type=float, default=10.0, help="[triage] interval with --llm")
+    ap.add_argument("--replay-window", type=float, default=None,
+                    help="seconds of events the Jetstream keeps to honour the daemon's cursor on reconnect"
+                    " (default: 60 with --kill-at, else 0: cursors ignored)")
+    ap.add_argument("--life-warmup", type=float, default=45.0,
+                    help="seconds after each start left out of that life's RSS figures")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory, removed after")
     ap.add_argument("--keep-data", action="store_true")
     a = ap.parse_args()
     if a.warmup is None:
         a.warmup = min(5.0, a.minutes / 5)
+    if a.replay_window is None:
+        a.replay_window = 60.0 if a.kill_at else 0.0
     res = asyncio.run(run(a))
     paths = soak_report.write(res, a.out, res["meta"]["stamp"], warmup_min=a.warmup)
+    if "restarts" in res:
+        with open(paths["md"], "a") as f:
+            f.write(soak_restarts.markdown(res))
     print(paths["md"].read_text())
     print("\n".join(f"{k}: {v}" for k, v in paths.items()), file=sys.stderr)
 

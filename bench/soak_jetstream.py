@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import base64
 import hashlib
 import json
@@ -81,6 +82,8 @@ class Traffic:
         self.cover_fraction, self.audio_fraction = cover_fraction, audio_fraction
         self.covers, self.clips = covers, clips
         self.pool: list[tuple[bytes, bytes]] = []  # (JSON up to time_us's value, the rest)
+        self.meta: list[tuple[str, str] | None] = []  # (kind, did) of the pool's identity/account events
+        self.sent_log = None  # --sent-log: one JSON line per track/identity/account event written
         for i in range(pool + pool // max(1, track_every) + 1):
             if i % 1000 == 500:  # gen_jetstream's track slot: ours are made live
                 continue
@@ -88,6 +91,8 @@ class Traffic:
             head, _, tail = raw.partition(b'"time_us":')
             digits = len(tail) - len(tail.lstrip(b"0123456789"))
             self.pool.append((head + b'"time_us":', tail[digits:]))
+            ev = json.loads(raw)
+            self.meta.append((ev["kind"], ev["did"]) if ev.get("kind") in ("identity", "account") else None)
             if len(self.pool) == pool:
                 break
         self.i = 0
@@ -99,8 +104,16 @@ class Traffic:
         self.i += 1
         self.counts["events"] += 1
         if self.track_every and self.i % self.track_every == 0:
-            return dumps(self._track_event(t))
-        head, tail = self.pool[self.i % len(self.pool)]
+            ev = self._track_event(t)
+            if self.sent_log is not None:
+                c = ev["commit"]
+                self.sent_log.write(json.dumps({"t": t, "kind": "commit", "did": ev["did"], "rkey": c["rkey"],
+                                                "op": c["operation"], "cid": c.get("cid")}) + "\n")
+            return dumps(ev)
+        k = self.i % len(self.pool)
+        head, tail = self.pool[k]
+        if self.sent_log is not None and self.meta[k] is not None:
+            self.sent_log.write(json.dumps({"t": t, "kind": self.meta[k][0], "did": self.meta[k][1]}) + "\n")
         return head + str(t).encode() + tail
 
     def _track_event(self, t: int) -> dict:
@@ -162,6 +175,10 @@ class LiveJetstream:
         self.dropped = 0
         self.max_buffer = 0
         self.behind_max = 0.0  # how far the writer fell behind its schedule, seconds
+        self.replay_window = 0.0  # --replay-window: seconds of history kept to honour a client's cursor
+        self.history: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.replayed: list[dict] = []
+        self.sent_log = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -180,9 +197,25 @@ class LiveJetstream:
                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             compress = parse_qs(url.query).get("compress", ["false"])[0] == "true"
             client = Client(writer, compress, target)
+            cursor = parse_qs(url.query).get("cursor", [None])[0]
+            if self.replay_window and cursor is not None:
+                # As Jetstream does: every event with time_us >= cursor still in the window, then live.
+                # No await between this write and joining self.clients, so nothing is missed or doubled.
+                cur = int(cursor)
+                backlog = [p for (t, p) in self.history if t >= cur]
+                oldest = self.history[0][0] if self.history else None
+                if backlog:
+                    writer.write(b"".join(wire_frame(self.zc.compress(p) if compress else p, compress)
+                                          for p in backlog))
+                info = {"cursor": cur, "replayed": len(backlog), "oldest_kept": oldest,
+                        "cursor_in_window": oldest is not None and oldest <= cur}
+                self.replayed.append(info)
+                print(json.dumps({"event": {"replay": info}}), flush=True)
             self.connections.append({"at": time.time(), "path": target[:300]})
             print(json.dumps({"connection": target[:300]}), flush=True)
             self.clients.append(client)
+            if self.sent_log is not None and self.traffic.sent_log is None:
+                self.traffic.sent_log = self.sent_log
             while True:  # answer pings and closes; data frames come from the writer task
                 op, data = await _read_client_frame(reader)
                 if op == 0x9:
@@ -216,6 +249,11 @@ class LiveJetstream:
             t = max(int(time.time() * 1e6), self.last_time_us + 1)
             payloads = [self.traffic.next(t + k) for k in range(due)]
             self.last_time_us = t + due - 1
+            if self.replay_window:
+                self.history.extend((t + k, p) for k, p in enumerate(payloads))
+                horizon = t - int(self.replay_window * 1e6)
+                while self.history and self.history[0][0] < horizon:
+                    self.history.popleft()
             if not self.clients:
                 continue
             plain = zstd = None
@@ -243,12 +281,16 @@ class LiveJetstream:
         return {"t": time.time(), "cpu_s": round(time.process_time(), 2), "last_time_us": self.last_time_us,
                 **self.traffic.counts, "clients": len(self.clients), "connections": len(self.connections),
                 "write_buffer": max(buf, default=0), "write_buffer_max": self.max_buffer, "dropped": self.dropped,
-                "behind_max_s": round(self.behind_max, 3), "running": self.running}
+                "behind_max_s": round(self.behind_max, 3), "running": self.running,
+                "history": len(self.history), "replays": len(self.replayed)}
 
 
 async def main_async(a: argparse.Namespace) -> None:
     traffic = Traffic(a.pool, a.track_every, a.media_base, a.cover_fraction, a.audio_fraction, a.covers, a.clips)
     js = LiveJetstream(traffic, a.rate)
+    js.replay_window = a.replay_window
+    if a.sent_log:  # from the first connection on: what was sent before it reached no one
+        js.sent_log = open(a.sent_log, "w", buffering=1 << 20)
     server = await asyncio.start_server(js.handle, "127.0.0.1", a.port, limit=1 << 20)
     print(json.dumps({"port": server.sockets[0].getsockname()[1], "pool": len(traffic.pool)}), flush=True)
     loop = asyncio.get_running_loop()
@@ -266,6 +308,8 @@ async def main_async(a: argparse.Namespace) -> None:
             break
         if line.strip() == "stop":
             js.running = False
+            if traffic.sent_log is not None:
+                traffic.sent_log.flush()
             print(json.dumps({"stopped": js.stats()}), flush=True)
     pump.cancel()
     reporter.cancel()
@@ -283,6 +327,9 @@ def main() -> None:
     ap.add_argument("--audio-fraction", type=float, default=0.005)
     ap.add_argument("--covers", type=int, default=6)
     ap.add_argument("--clips", type=int, default=3)
+    ap.add_argument("--replay-window", type=float, default=0.0,
+                    help="keep this many seconds of events and honour a client's cursor from them (0: ignore cursors)")
+    ap.add_argument("--sent-log", default="", help="write every track/identity/account event sent, one JSON line each")
     asyncio.run(main_async(ap.parse_args()))
 
 
