@@ -8,6 +8,10 @@ two batches repeats at most work that is then recognised as already done:
 - repo events are unique by (source, cursor, did, kind), dead letters by their
   fingerprint (`dead_letters`).
 
+An `#account` event that makes a DID active again (its last recorded account event was not
+active, or none is recorded) queues, in the same transaction, a rescan of its live tracks whose
+latest scan found the media unavailable: a deactivated account's PDS refuses its blobs.
+
 The SQL of each concern lives in its own module; `IngestStore` combines them over one
 writer connection, so callers keep one object.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from firehose_mod.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.dead_letters import DeadLetterTable
@@ -25,12 +31,19 @@ from firehose_mod.store.tracks import TrackTable, verdict
 
 __all__ = ["CommitResult", "IngestStore", "ScanJob"]
 
+log = structlog.get_logger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
     enqueued: int
     duplicates: int
     dead: int  # dead letters kept (those already kept are not counted again)
+
+
+def _activates(ev: RepoEvent) -> bool:
+    """An account event saying the account is active (again)."""
+    return ev.kind == "account" and ev.active is True
 
 
 class IngestStore(TrackTable, ScanQueue, DeadLetterTable):
@@ -56,13 +69,20 @@ class IngestStore(TrackTable, ScanQueue, DeadLetterTable):
     async def _commit(self, source, cursor, events, dead, rescan=False) -> CommitResult:
         now = now_iso()
         enqueued = duplicates = kept = 0
+        reactivated: list[tuple[str, int]] = []
         async with self._transaction():
             for ev in events:
                 if isinstance(ev, TrackEvent):
                     new = await self._apply_track(ev, source, now, rescan)
                     enqueued += new
                 else:
+                    was_active = await self._account_active(ev.did) if _activates(ev) else None
                     new = await self._record_repo_event(ev, source, now)
+                    if new and _activates(ev) and not was_active:
+                        n = await self._enqueue_unavailable_rescans(ev.did, source, ev.cursor, now)
+                        enqueued += n
+                        if n:
+                            reactivated.append((ev.did, n))
                 duplicates += not new
             for d in dead:
                 kept += await self._keep_dead_letter(source, d, now)
@@ -73,6 +93,8 @@ class IngestStore(TrackTable, ScanQueue, DeadLetterTable):
                     " updated = excluded.updated",
                     (source, cursor, now),
                 )
+        for did, n in reactivated:  # logged once committed
+            log.info("ingest.reactivated_rescan", did=did, count=n)
         return CommitResult(enqueued, duplicates, kept)
 
     async def _apply_track(self, ev: TrackEvent, source: str, now: str, rescan: bool = False) -> bool:

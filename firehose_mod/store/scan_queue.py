@@ -49,6 +49,29 @@ class ScanQueue(Store):
         )
         return cur.rowcount > 0
 
+    async def _enqueue_unavailable_rescans(self, did: str, source: str, cursor: int | None, now: str) -> int:
+        """Queue a rescan of `did`'s live tracks whose latest scan of their current version found
+        its media unavailable (inside the caller's transaction); returns how many were queued.
+
+        A deactivated or taken-down account's PDS refuses its blobs (400 RepoDeactivated), which the
+        scanners report as `media-unavailable` for good: when the account is active again, those
+        versions are scanned again. A rescan already pending or running is left alone.
+        """
+        cur = await self._db.execute(
+            "INSERT INTO scan_jobs (uri, cid, operation, source, cursor, created)"
+            " SELECT t.uri, t.cid, 'rescan', ?, ?, ? FROM tracks t"
+            " JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE uri = t.uri AND origin = 'policy')"
+            " WHERE t.did = ? AND t.deleted = 0 AND t.record IS NOT NULL AND t.cid IS NOT NULL"
+            " AND d.cid = t.cid AND d.evidence LIKE '%\"media-unavailable\"%'"
+            " AND EXISTS (SELECT 1 FROM json_each(d.evidence) f"
+            "             WHERE json_extract(f.value, '$.kind') = 'media-unavailable')"
+            " ON CONFLICT (uri, cid, operation) DO UPDATE SET state = 'pending', attempts = 0, not_before = 0,"
+            " error = NULL, source = excluded.source, cursor = excluded.cursor"
+            " WHERE scan_jobs.state IN ('done', 'failed')",
+            (source, cursor, now, did),
+        )
+        return cur.rowcount
+
     async def requeue_running(self) -> int:
         """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
         return await self._write("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")

@@ -64,6 +64,14 @@ class TrackTable(Store):
         )
         return cur.rowcount > 0
 
+    async def _account_active(self, did: str) -> bool | None:
+        """The `active` of the DID's latest recorded account event (None: none recorded, or unknown)."""
+        async with self._db.execute(
+            "SELECT active FROM repo_events WHERE did = ? AND kind = 'account' ORDER BY id DESC LIMIT 1", (did,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else bool(row[0])
+
     async def tracks_page(self, after_uri: str, limit: int, *, since: str | None = None,
                           uris: list[str] | None = None) -> list[tuple[str, str, dict]]:
         """(uri, cid, record) of live tracks after `after_uri` in uri order: a rescan's pages."""
