@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="re-read the source from a past cursor and queue every track for a rescan")
     replay.add_argument("--cursor", type=int, required=True,
                         help="start here (Jetstream: unix microseconds; firehose: relay seq)")
-    replay.add_argument("--until", type=int, help="stop here (default: the live cursor saved now)")
+    replay.add_argument("--until", type=int,
+                        help="stop here, inclusive: an event exactly at UNTIL is replayed, none after it"
+                             " (default: the live cursor saved now)")
+    replay.add_argument("--restart", action="store_true",
+                        help="start over: a rerun of an interrupted replay over the same window resumes from"
+                             " where it stopped unless this is given")
     replay.add_argument("--source", choices=["jetstream", "firehose"], help="source to replay (default: configured)")
 
     scan = sub.add_parser("scan", help="dry run: what would the scanners and the policy do with these? (writes nothing)")

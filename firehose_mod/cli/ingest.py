@@ -54,7 +54,8 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
         bar.show(done, f"cursor {cursor} of {target}")
 
     try:
-        report = await run_replay(settings, args.cursor, until=args.until, progress=progress)
+        report = await run_replay(settings, args.cursor, until=args.until, progress=progress,
+                                  restart=args.restart, notice=lambda m: print(f"firehose-mod: {m}", file=sys.stderr))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     bar.done()

@@ -118,6 +118,8 @@ class FakeJetstream:
     port: int = 0
     pace: float = 0.0  # seconds between frames, to stream like a live network
     live: anyio.Event = field(default_factory=anyio.Event)
+    sent: list[int | None] = field(default_factory=list)  # time_us of every event frame sent, in order
+    sent_by: list[list[int | None]] = field(default_factory=list)  # the same, per connection
 
     def _wanted(self, query: dict) -> tuple[set[str], tuple[str, ...]]:
         wanted = query.get("wantedCollections", [])
@@ -126,6 +128,7 @@ class FakeJetstream:
     async def handler(self, ws: ServerConnection) -> None:
         url = urlsplit(ws.request.path)
         self.connections.append(ws.request.path)
+        self.sent_by.append(mine := [])
         if url.path != "/subscribe":
             await ws.close(1008, "not found")
             return
@@ -164,6 +167,8 @@ class FakeJetstream:
                 ws.transport.abort()
                 return
             await (ws.send(encoder.compress(payload)) if encoder else ws.send(payload.decode()))
+            self.sent.append(ev.get("time_us") if isinstance(ev, dict) else None)
+            mine.append(self.sent[-1])
             sent += 1
             if self.pace:
                 await anyio.sleep(self.pace)
