@@ -100,6 +100,19 @@ async def run_cpu(fn, *args):
     return await anyio.to_process.run_sync(fn, *args, cancellable=True)
 
 
+def media_fetcher(settings: Settings, client, *, resolver: DidResolver | None = None,
+                  cache_dir: Path | None = None) -> SafeFetcher:
+    """The one way a `SafeFetcher` is built from settings (the engine's; the desk's fallback): the
+    `[media]` limits, the outbound allow-list, DATA_DIR/media unless `cache_dir`."""
+    mib = 1024 * 1024
+    return SafeFetcher(
+        resolver or DidResolver(client, settings.plc_url), cache_dir=cache_dir or settings.data_dir / "media",
+        max_audio_bytes=settings.media_max_audio_mb * mib, max_image_bytes=settings.media_max_image_mb * mib,
+        timeout=settings.media_timeout, max_redirects=settings.media_max_redirects,
+        max_cache_bytes=settings.media_cache_max_mb * mib, allow_networks=allowed_networks(settings),
+        allow_http=settings.media_allow_http)
+
+
 @dataclass
 class Scanning:
     """The engine and what was built for it; `client` is the vetted outbound HTTP client."""
@@ -136,14 +149,8 @@ async def open_engine(settings: Settings, label_log: LabelLog | None = None, *, 
                 open_catalogue(db_path, synchronous=settings.db_synchronous, read_only=read_only))
         # DID documents and PDS endpoints are strangers: the vetted client for them too.
         client = await stack.enter_async_context(outbound_client(settings))
-        fetcher = await stack.enter_async_context(SafeFetcher(
-            resolver or DidResolver(client, settings.plc_url),
-            cache_dir=cache_dir or settings.data_dir / "media",
-            max_audio_bytes=settings.media_max_audio_mb * 1024 * 1024,
-            max_image_bytes=settings.media_max_image_mb * 1024 * 1024,
-            timeout=settings.media_timeout, max_redirects=settings.media_max_redirects,
-            max_cache_bytes=settings.media_cache_max_mb * 1024 * 1024,
-            allow_networks=allowed_networks(settings), allow_http=settings.media_allow_http))
+        fetcher = await stack.enter_async_context(media_fetcher(settings, client, resolver=resolver,
+                                                                cache_dir=cache_dir))
         media = wrap_media(fetcher) if wrap_media else fetcher
         scanners = build_scanners(settings, catalogue=catalogue)
         engine = ScanEngine(scanners, policy, label_log, decisions, ScanContext(media=media, run_cpu=cpu),

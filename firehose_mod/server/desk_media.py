@@ -41,7 +41,6 @@ from firehose_mod.scan.base import MediaError, MediaUnavailable, Track
 from firehose_mod.scan.cover import CoverImageError, CoverLimits, decode_cover
 from firehose_mod.scan.fingerprint.extract import ffmpeg_input
 from firehose_mod.scan.media import SafeFetcher
-from firehose_mod.scan.netguard import allowed_networks
 from firehose_mod.store.catalogue import CatalogueStore
 from firehose_mod.store.db import SchemaError, close_shielded
 from firehose_mod.store.review import ReviewItem, ReviewStore
@@ -244,17 +243,11 @@ class DeskMedia:
     async def _media(self) -> SafeFetcher:
         async with self._opening:
             if self._fetcher is None:
-                from firehose_mod.ingest.resolve import DidResolver
                 from firehose_mod.scan.netguard import outbound_client
+                from firehose_mod.scan.registry import media_fetcher
 
-                s = self.settings
-                client = await self._owned.enter_async_context(outbound_client(s))
-                self._fetcher = await self._owned.enter_async_context(SafeFetcher(
-                    DidResolver(client, s.plc_url), cache_dir=s.data_dir / "media",
-                    max_audio_bytes=s.media_max_audio_mb * MiB, max_image_bytes=s.media_max_image_mb * MiB,
-                    timeout=s.media_timeout, max_redirects=s.media_max_redirects,
-                    max_cache_bytes=s.media_cache_max_mb * MiB, allow_networks=allowed_networks(s),
-                    allow_http=s.media_allow_http))
+                client = await self._owned.enter_async_context(outbound_client(self.settings))
+                self._fetcher = await self._owned.enter_async_context(media_fetcher(self.settings, client))
         return self._fetcher
 
     async def _catalogue_store(self) -> CatalogueStore:

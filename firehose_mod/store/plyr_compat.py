@@ -136,20 +136,18 @@ class PlyrStore(Store):
     # -- labels and the review queue, in plyr.fm's terms ------------------------------------
     async def in_force_by_uri(self, uris: list[str], src: str) -> dict[str, list[str]]:
         """{uri: [values in force]} for the uris holding any label of `src` in force."""
-        out: dict[str, list[str]] = {}
-        uris = list(dict.fromkeys(uris))
-        for i in range(0, len(uris), _CHUNK):
-            chunk = uris[i:i + _CHUNK]
-            await self._current(out, f"s.uri IN ({', '.join('?' * len(chunk))})", chunk, src)
-        return out
+        return await self._in_force("s.uri", uris, src)
 
     async def in_force_by_value(self, values: list[str], src: str) -> dict[str, list[str]]:
         """{uri: [values in force]} for every uri holding a label of `src` with one of `values` in force."""
+        return await self._in_force("s.val", values, src)
+
+    async def _in_force(self, column: str, keys: list[str], src: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        values = list(dict.fromkeys(values))
-        for i in range(0, len(values), _CHUNK):
-            chunk = values[i:i + _CHUNK]
-            await self._current(out, f"s.val IN ({', '.join('?' * len(chunk))})", chunk, src)
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            await self._current(out, f"{column} IN ({', '.join('?' * len(chunk))})", chunk, src)
         return out
 
     async def _current(self, out: dict[str, list[str]], where: str, params: list, src: str) -> None:
