@@ -249,6 +249,28 @@ async def test_octet_stream_needs_an_audio_mime_type_in_the_record(fetcher, serv
         await fetcher.fetch_url(f"{server.base}/xrpc/com.atproto.sync.getBlob?did={DID}&cid={cid}", "audio")
 
 
+async def test_a_blob_declared_octet_stream_is_fetched_for_the_decoder(fetcher, server):
+    """Audio the PDS could not sniff is `application/octet-stream` in the record and in getBlob."""
+    cid = server.add_blob(DID, b"raw adts frames")
+    server.blob_type = "application/octet-stream"
+    t = track(audioBlob={"$type": "blob", "ref": {"$link": cid}, "mimeType": "application/octet-stream", "size": 15})
+    assert (await fetcher.audio(t)).read_bytes() == b"raw adts frames"
+
+
+@pytest.mark.parametrize("declared", ["image/png", "text/html"])
+async def test_a_blob_declared_as_another_type_is_evidence_not_a_fetch(fetcher, server, declared):
+    cid = server.add_blob(DID, b"<html>not a song</html>")
+    server.blob_type = declared
+    t = track(audioBlob={"$type": "blob", "ref": {"$link": cid}, "mimeType": declared, "size": 23})
+    with pytest.raises(MediaUnavailable, match=f"declares its audio as '{declared}'") as caught:
+        await fetcher.audio(t)
+    assert (caught.value.status, caught.value.kind) == (415, "audio")
+    assert server.count("/xrpc/com.atproto.sync.getBlob") == 0
+    # with an audioUrl beside it, the URL is used instead
+    t.record["audioUrl"] = f"{server.base}/song.mp3"
+    assert (await fetcher.audio(t)).read_bytes() == SONG
+
+
 async def test_legacy_blob_form_is_read():
     assert blob_ref({"cid": "bafkreiabc", "mimeType": "audio/mpeg"}) == "bafkreiabc"
     assert blob_ref({"ref": {"$link": "bafkreixyz"}}) == "bafkreixyz"

@@ -1,7 +1,7 @@
 """Backfill: queue every `fm.plyr.track` record that already exists, repo by repo.
 
-Repos come from a relay's `com.atproto.sync.listReposByCollection` (or an explicit DID
-list); each DID is resolved to its PDS and its records are paged with
+Repos come from a relay's `com.atproto.sync.listReposByCollection` (from `listRepos` on a
+server without it, such as a single PDS; or from an explicit DID list); each DID is resolved to its PDS and its records are paged with
 `com.atproto.repo.listRecords`. Every page is committed to the scan queue through an
 `IngestPipeline` *before* its listRecords cursor is saved in the backfill progress table,
 so an interrupted run resumes each repo where it stopped and re-reads at most one page,
@@ -105,18 +105,33 @@ class _Run:
             ))
 
     async def discover(self, relay: str) -> None:
-        """Page the relay's listReposByCollection into the progress table."""
-        url, cursor, found = f"{relay}/xrpc/com.atproto.sync.listReposByCollection", None, 0
+        """Page the relay's listReposByCollection into the progress table.
+
+        A server without that method (a PDS, or a relay that predates it: 404 or 501) is paged
+        with com.atproto.sync.listRepos instead: every active repo it hosts is read, and a repo
+        without tracks costs one empty listRecords page."""
+        try:
+            await self._page_repos(relay, "listReposByCollection", {"collection": TRACK_COLLECTION})
+        except FetchError as exc:
+            if exc.status not in (404, 501):
+                raise
+            log.warning("backfill.listing_all_repos", relay=relay, error=str(exc)[:300],
+                        hint="this server cannot list repos by collection: reading every repo it lists")
+            await self._page_repos(relay, "listRepos", {})
+
+    async def _page_repos(self, relay: str, method: str, params: dict) -> None:
+        url, cursor, found = f"{relay}/xrpc/com.atproto.sync.{method}", None, 0
         while True:
-            params = {"collection": TRACK_COLLECTION, "limit": RELAY_PAGE_LIMIT,
-                      **({"cursor": cursor} if cursor else {})}
-            body = await retrying("listReposByCollection", lambda: get_json(
-                self.client, url, params, "listReposByCollection"), attempts=self.attempts, base=self.base)
+            query = {**params, "limit": RELAY_PAGE_LIMIT, **({"cursor": cursor} if cursor else {})}
+            body = await retrying(method, lambda: get_json(self.client, url, query, method),
+                                  attempts=self.attempts, base=self.base)
             repos, next_cursor = body.get("repos"), body.get("cursor")
             if not isinstance(repos, list) or not (next_cursor is None or isinstance(next_cursor, str)):
-                raise FetchError(f"listReposByCollection: malformed response from {relay}: expected {{repos, cursor?}}")
+                raise FetchError(f"{method}: malformed response from {relay}: expected {{repos, cursor?}}")
             valid = []
             for item in repos:
+                if isinstance(item, dict) and item.get("active") is False:
+                    continue  # listRepos: a deactivated, suspended or taken-down account
                 did = item.get("did") if isinstance(item, dict) else item
                 try:
                     valid.append(check_did(did))
@@ -126,7 +141,7 @@ class _Run:
                     await self.repos.add_failed(str(did), str(exc))
             found += len(repos)
             new = await self.repos.add_dids(valid)
-            log.info("backfill.discovered", relay=relay, repos=len(repos), new=new, total=found)
+            log.info("backfill.discovered", relay=relay, method=method, repos=len(repos), new=new, total=found)
             if not next_cursor or not repos or next_cursor == cursor:
                 return
             cursor = next_cursor

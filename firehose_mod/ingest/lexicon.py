@@ -99,21 +99,20 @@ def blocking_problems(record: object) -> list[str]:
     - strings over their maxLength in UTF-8 bytes but not in code points (the indexer uses
       `len()`): a 100-character Japanese title (300 bytes) is scanned like any other; a string
       over the limit in code points too is still refused;
-    - an `audioBlob` whose mimeType is `video/*`: a PDS names a blob by sniffing its bytes and
-      refuses a record that declares another type, so an audio-only MP4 (an .m4a with the
-      `isom` brand) or WebM (a browser recording) is `video/mp4` or `video/webm` in a record the
-      reference PDS accepted; the indexer does not check blob types. The fetcher accepts that
-      declared type from getBlob and the audio scanner reads the audio stream."""
+    - an `audioBlob` whose declared mimeType is not `audio/*`: a PDS names a blob by sniffing
+      its bytes and refuses a record that declares another type, so an audio-only MP4 (an .m4a
+      with the `isom` brand) or WebM (a browser recording) is `video/mp4` or `video/webm`, and
+      audio it cannot sniff is `application/octet-stream`, in records the reference PDS
+      accepted; the indexer does not check blob types. Such a record's text and cover are
+      scanned like any other; the fetcher decides about its audio (`scan/media.py`: a video
+      container or octet-stream is fetched and decoded, any other type is reported as
+      media-unavailable evidence, not fetched). The blob must still be a blob (ref, size)."""
     return [p for p in validate_track(record)
-            if not _over_in_bytes_only(p, record) and not _video_container_blob(p, record)]
+            if not _over_in_bytes_only(p, record) and not _declared_type_only(p, record)]
 
 
-def _video_container_blob(problem: str, record: object) -> bool:
-    if not problem.startswith("audioBlob: mimeType ") or not isinstance(record, dict):
-        return False
-    blob = record.get("audioBlob")
-    mime = blob.get("mimeType") if isinstance(blob, dict) else None
-    return isinstance(mime, str) and mime.lower().startswith("video/")
+def _declared_type_only(problem: str, record: object) -> bool:
+    return problem.startswith("audioBlob: mimeType ") and isinstance(record, dict)
 
 
 def _over_in_bytes_only(problem: str, record: object) -> bool:

@@ -28,11 +28,13 @@ T = TypeVar("T")
 
 
 class FetchError(Exception):
-    """An XRPC call that failed; `transient` means a retry may succeed."""
+    """An XRPC call that failed; `transient` means a retry may succeed; `status` is the HTTP
+    status when the server answered."""
 
-    def __init__(self, message: str, *, transient: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None):
         super().__init__(message)
         self.transient = transient
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +111,10 @@ async def get_json(client: httpx.AsyncClient, url: str, params: dict, what: str)
                 detail = f": {err.get('error', '')} {err.get('message', '')}".rstrip()
         except ValueError:
             pass
-        transient = resp.status_code >= 500 or resp.status_code in (408, 429)
-        raise FetchError(f"{what}: {url} answered HTTP {resp.status_code}{detail[:300]}", transient=transient)
+        # 501 Not Implemented is the server's settled answer (an XRPC method it does not have).
+        transient = (resp.status_code >= 500 and resp.status_code != 501) or resp.status_code in (408, 429)
+        raise FetchError(f"{what}: {url} answered HTTP {resp.status_code}{detail[:300]}", transient=transient,
+                         status=resp.status_code)
     try:
         body = resp.json()
     except ValueError:

@@ -20,7 +20,10 @@ against server-side request forgery and resource exhaustion:
   `application/octet-stream` only from getBlob, where the record's own `mimeType` is trusted;
   from getBlob also the `video/*` type the record declares for the blob: a PDS names a blob by
   sniffing its bytes, and an audio-only MP4 or WebM is `video/mp4` or `video/webm` there (the
-  audio scanner reads the audio stream through ffmpeg's demuxer whitelist).
+  audio scanner reads the audio stream through ffmpeg's demuxer whitelist). A blob the record
+  declares as `application/octet-stream` (audio the PDS could not sniff) is fetched and left to
+  the decoder; one it declares as anything else (`image/png`, `text/html`) is not fetched: that
+  is `MediaUnavailable` (415), evidence for the policy, not a failure to retry.
 - **Answers.** A permanent 4xx (404, 410, 403, a PDS's 400 BlobNotFound) is `MediaUnavailable`:
   the media is gone, and asking again gets the same answer. 5xx, 408, 429, timeouts and
   network errors are plain `MediaError`s, worth a retry.
@@ -203,8 +206,12 @@ class SafeFetcher:
         """
         digest = _cid_digest(cid)
         declared = mime_type.split(";", 1)[0].strip().lower() if isinstance(mime_type, str) else ""
-        octet_ok = declared.startswith("audio/")
+        octet_ok = declared.startswith("audio/") or declared == "application/octet-stream"
         container = declared if declared.startswith("video/") else None
+        if declared and not (octet_ok or container or declared == "application/ogg"):
+            raise MediaUnavailable(
+                f"blob {cid}: the record declares its audio as {declared[:60]!r}, not audio: not fetched",
+                status=415, kind="audio", url=f"at://{did}/blob/{cid}")
         if isinstance(declared_size, int) and declared_size > self.limits["audio"]:
             raise MediaError(f"blob {cid} declares {declared_size} bytes, over the {self.limits['audio']}-byte limit")
         # A CID we can verify names the content itself; otherwise keep the PDS's word per account.

@@ -1,5 +1,6 @@
 """A local atproto network over real HTTP on 127.0.0.1:0: a PLC directory, did:web hosts, a relay's
-`listReposByCollection` and PDSes' `listRecords`, all served by one threaded stdlib server.
+`listReposByCollection` (or, as a bare PDS, `listRepos` only) and PDSes' `listRecords`, all served
+by one threaded stdlib server.
 
     net = FakeNetwork(page_size=3)
     net.add_pds("one")
@@ -85,6 +86,8 @@ class FakeNetwork(LocalHTTPServer):
         self.accounts: dict[str, _Account] = {}
         self.relay: list[str] = []  # DIDs the relay lists (may include junk)
         self.relay_fail_times = 0
+        self.by_collection = True  # False: a bare PDS, listRepos only (501 for listReposByCollection)
+        self.inactive: set[str] = set()  # listed by listRepos with active: false
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._down_port = closed_port()
         self._thread: threading.Thread | None = None
@@ -168,7 +171,14 @@ class FakeNetwork(LocalHTTPServer):
             doc = self.document(f"did:web:{parts[1]}")
             return (200, doc) if doc else (404, {"error": "NotFound"})
         if parts[0] == "relay" and parts[1:] == ["xrpc", LIST_REPOS]:
+            if not self.by_collection:
+                return 501, {"error": "MethodNotImplemented", "message": "Method Not Implemented"}
             return self._list_repos(query)
+        if parts[0] == "relay" and parts[1:] == ["xrpc", "com.atproto.sync.listRepos"] and not self.by_collection:
+            status, body = self._list_repos(query)
+            for repo in body.get("repos", []):
+                repo.update(head=fake_cid(repo["did"]), active=repo["did"] not in self.inactive)
+            return status, body
         if parts[0] == "pds" and len(parts) == 4 and parts[2:] == ["xrpc", LIST_RECORDS]:
             return self._list_records(parts[1], query)
         return 404, {"error": "MethodNotImplemented", "message": f"no route for {path}"}
