@@ -118,7 +118,8 @@ async def test_backfill_queues_every_valid_track_once_and_records_failures(setti
 
 
 async def test_a_server_without_list_by_collection_is_paged_with_list_repos(settings, net, backfill):
-    """A bare PDS (the reference PDS answers 501 MethodNotImplemented) lists every repo it hosts:
+    """A bare PDS (the reference PDS answers 401 AuthMissing to listReposByCollection, which it would
+    proxy to an appview; tests/test_reference_pds.py asks the real one) lists every repo it hosts:
     each active one is read, a deactivated one is not, and the tracks are the same as via a relay."""
     net.by_collection = False
     net.inactive.add(DOWN)
@@ -126,7 +127,7 @@ async def test_a_server_without_list_by_collection_is_paged_with_list_repos(sett
         report = await backfill(concurrency=3)
     assert sorted(scan_jobs(settings)) == sorted(valid_uris(SMALL, BIG, FLAKY, WEB))
     assert report.discovery_error is None and report.invalid_dids == 1
-    assert net.count("listReposByCollection") == 1  # 501 is not retried
+    assert net.count("listReposByCollection") == 1  # a 4xx is not retried
     assert net.count("listRepos") - net.count("listReposByCollection") == 3  # 8 listed, 3 per page
     assert await repo_state(settings, DOWN) is None  # deactivated: not read
     assert any(e["event"] == "backfill.listing_all_repos" for e in logs)

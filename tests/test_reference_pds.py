@@ -168,6 +168,12 @@ async def test_labels_tracks_written_on_the_reference_pds_and_backfills_what_it_
         assert (report["repos_done"], report["repos_failed"], report["records_seen"]) == (1, 0, 2), report
         assert (report["enqueued"], report["duplicates"], report["dead_letters"]) == (1, 1, 0), report
         assert "netguard.loopback_allowed" in done.stderr  # warned, in the operator's command too
+        # The PDS itself as the relay: it has no listReposByCollection (501), so its listRepos is paged.
+        whole = await anyio.to_thread.run_sync(
+            lambda: run_cli("backfill", "--relay", net.pds, "--restart", env=cli_env, timeout=120))
+        report = json.loads(whole.stdout.splitlines()[-1])
+        assert (report["repos_failed"], report["records_seen"], report["enqueued"]) == (0, 2, 0), report
+        assert report["discovery_error"] is None and "backfill.listing_all_repos" in whole.stderr
 
         async with daemon(settings) as parts:
             jobs = await parts["store"].jobs(third)

@@ -107,17 +107,22 @@ class _Run:
     async def discover(self, relay: str) -> None:
         """Page the relay's listReposByCollection into the progress table.
 
-        A server without that method (a PDS, or a relay that predates it: 404 or 501) is paged
-        with com.atproto.sync.listRepos instead: every active repo it hosts is read, and a repo
+        A server that refuses that method for good (a PDS, which answers 401 AuthMissing as it
+        would proxy the call to an appview, or 501; a relay that predates it: 404) is paged with
+        com.atproto.sync.listRepos instead: every active repo it hosts is read, and a repo
         without tracks costs one empty listRecords page."""
         try:
             await self._page_repos(relay, "listReposByCollection", {"collection": TRACK_COLLECTION})
-        except FetchError as exc:
-            if exc.status not in (404, 501):
+        except FetchError as first:
+            if first.transient or first.status is None:
                 raise
-            log.warning("backfill.listing_all_repos", relay=relay, error=str(exc)[:300],
+            log.warning("backfill.listing_all_repos", relay=relay, error=str(first)[:300],
                         hint="this server cannot list repos by collection: reading every repo it lists")
-            await self._page_repos(relay, "listRepos", {})
+            try:
+                await self._page_repos(relay, "listRepos", {})
+            except FetchError as second:
+                raise FetchError(f"{first}; then {second}", transient=second.transient,
+                                 status=second.status) from None
 
     async def _page_repos(self, relay: str, method: str, params: dict) -> None:
         url, cursor, found = f"{relay}/xrpc/com.atproto.sync.{method}", None, 0

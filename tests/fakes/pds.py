@@ -86,7 +86,7 @@ class FakeNetwork(LocalHTTPServer):
         self.accounts: dict[str, _Account] = {}
         self.relay: list[str] = []  # DIDs the relay lists (may include junk)
         self.relay_fail_times = 0
-        self.by_collection = True  # False: a bare PDS, listRepos only (501 for listReposByCollection)
+        self.by_collection = True  # False: a bare PDS, listRepos only (401 for listReposByCollection)
         self.inactive: set[str] = set()  # listed by listRepos with active: false
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._down_port = closed_port()
@@ -172,7 +172,7 @@ class FakeNetwork(LocalHTTPServer):
             return (200, doc) if doc else (404, {"error": "NotFound"})
         if parts[0] == "relay" and parts[1:] == ["xrpc", LIST_REPOS]:
             if not self.by_collection:
-                return 501, {"error": "MethodNotImplemented", "message": "Method Not Implemented"}
+                return 401, {"error": "AuthMissing", "message": "Authentication Required"}  # as the reference PDS
             return self._list_repos(query)
         if parts[0] == "relay" and parts[1:] == ["xrpc", "com.atproto.sync.listRepos"] and not self.by_collection:
             status, body = self._list_repos(query)
