@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 from firehose_mod.syntax import IdentifierError, check_collection_pattern, check_did, is_atproto_did, is_handle
 
 ENV_PREFIX = "FIREHOSE_MOD_"
+ROLES = ("all", "ingest", "scan", "serve")  # `run --role`: see firehose_mod/roles.py
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")  # what [media] allow_loopback_for_testing_only opens
 
 
@@ -119,6 +121,16 @@ class Settings:
         default=True, metadata=_meta("ingest", "negate_on_delete", "negate a track's labels when it is deleted")
     )
     scan_workers: int = field(default=2, metadata=_meta("scan", "workers", "concurrent scan jobs"))
+    role: str = field(
+        default="all", metadata=_meta(
+            "", "role", "what this process runs: all, or one of ingest, scan, serve (with an optional -NAME, e.g."
+            " scan-2, naming the instance) when several processes share the database")
+    )
+    scan_lease: float = field(
+        default=300.0, metadata=_meta(
+            "scan", "lease", "seconds a scan process holds a claimed job between renewals; a dead process's jobs"
+            " are taken again after this")
+    )
     scanners: tuple[str, ...] = field(
         default=("self-labels", "text", "cover-art", "copyright"),
         metadata=_meta("scan", "scanners", "enabled scanners (audd is added by [audd] enabled)"),
@@ -382,6 +394,10 @@ def validate(s: Settings) -> None:
         raise bad("plc_url", f"{s.plc_url!r} must be an https:// URL")
     if s.ingest_read_timeout <= 0:
         raise bad("ingest_read_timeout", "must be a positive number of seconds")
+    if s.role.split("-", 1)[0] not in ROLES or not re.fullmatch(r"[a-z]+(-[A-Za-z0-9_.]{1,32})?", s.role):
+        raise bad("role", f"{s.role!r}: use all, ingest, scan or serve, optionally with -NAME (scan-2)")
+    if s.scan_lease < 3:
+        raise bad("scan_lease", "must be at least 3 seconds (it is renewed every third of it)")
     if s.scan_workers < 1:
         raise bad("scan_workers", "must be at least 1")
     # Scanner names are checked against the registry's table (scan/registry.py `enabled`).

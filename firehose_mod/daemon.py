@@ -25,6 +25,7 @@ from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.ingest.verify import CommitVerifier
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.review.metrics import ReviewCollector
+from firehose_mod.roles import Role, parse_role
 from firehose_mod.review.reports import ReportDesk
 from firehose_mod.review.service import ReviewServices, open_review
 from firehose_mod.review.transparency import TransparencyCollector, open_poster
@@ -43,6 +44,7 @@ from firehose_mod.store.db import close_shielded
 from firehose_mod.store.ingest import IngestStore
 from firehose_mod.store.nonces import NonceStore
 from firehose_mod.store.reports import ReportStore
+from firehose_mod.store.source_lock import SourceLock
 from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
@@ -118,8 +120,10 @@ async def serve_forever(settings: Settings) -> None:
 async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyio.TASK_STATUS_IGNORED) -> None:
     """`firehose-mod run`: the composition root. Every part is built here (the engine and its
     dependencies by `scan.registry.open_engine`, which the dry run and rescan share), then
-    ingest, scan workers and the label server run in one task group."""
+    ingest, scan workers and the label server run in one task group: those of them that
+    `settings.role` asks for (firehose_mod/roles.py)."""
     warn_if_opened(settings, log, command="run")
+    role = parse_role(settings.role)
     async with AsyncExitStack() as stack:
         label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
         store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
@@ -133,44 +137,67 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         reports = await _open_reports(stack, settings, review, scanning.client)
         review.plyr = await stack.enter_async_context(open_plyr_compat(settings, label_log, review, scanning))
         poster = await stack.enter_async_context(open_poster(settings))  # None unless [transparency] enabled
-        watched = await store.known_dids()
-        verifier = None
-        if settings.verify_commits:
-            # Key lookups happen in the read loop: keep them well inside the read deadline.
-            client = await stack.enter_async_context(CommitVerifier.http_client(settings))
-            verifier = CommitVerifier(client, settings.plc_url)
-        source = build_source(settings, watched, verifier=verifier)
-        workers = ScanWorkers(store, engine, concurrency=settings.scan_workers,
-                              negate_on_delete=settings.negate_on_delete)
+        source, watched = None, set()  # the source keeps `watched` by reference: filled on taking the lead
+        if role.ingests:
+            verifier = None
+            if settings.verify_commits:
+                # Key lookups happen in the read loop: keep them well inside the read deadline.
+                client = await stack.enter_async_context(CommitVerifier.http_client(settings))
+                verifier = CommitVerifier(client, settings.plc_url)
+            source = build_source(settings, watched, verifier=verifier)
+        workers = ScanWorkers(store, engine, concurrency=settings.scan_workers, worker=role.worker,
+                              lease=settings.scan_lease, negate_on_delete=settings.negate_on_delete)
+        lock = SourceLock(settings.db_path, holder=role.name)
+        stack.callback(lock.release)
 
         async with anyio.create_task_group() as tg:
             server = await tg.start(partial(run_server, settings, label_log, review, media=desk_media,
                                                    reports=reports))
             server.metrics.registry.register(ScanCollector(engine))
-            tg.start_soon(supervised, "scan_workers", workers.run)
+            if role.scans:
+                tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
                 tg.start_soon(supervised, "catalogue_watch", engine.catalogue.follow_imports)
-            if review.triage is not None:
-                tg.start_soon(supervised, "triage", review.triage.run)
-            if review.notifier is not None:
-                tg.start_soon(supervised, "notify", review.notifier.run)
-            if poster is not None:
-                tg.start_soon(supervised, "transparency", poster.run)
-                server.metrics.registry.register(TransparencyCollector(poster))
             server.metrics.registry.register(ReviewCollector(review))
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine,
-                     "review": review}
-            server.status_providers.append(lambda: _ingest_status(store, source, workers))
-            if source is not None:
-                pipeline = IngestPipeline(store, source.name, on_commit=workers.wake)
-                server.metrics.registry.register(IngestCollector(source, pipeline, workers))
-                log.info("ingest.starting", source=source.name, cursor=await store.cursor(source.name),
-                         collections=list(settings.collections))
-                tg.start_soon(supervised, "ingest_flusher", pipeline.run_flusher)
-                run_ingest, before_restart = _ingest_task(store, source, pipeline, watched)
-                tg.start_soon(partial(supervised, "ingest", run_ingest, before_restart=before_restart))
-                parts["pipeline"] = pipeline
+                     "review": review, "role": role, "lock": lock}
+            server.status_providers.append(lambda: _ingest_status(store, source, workers, role, lock))
+            if role.ingests:
+                leader = partial(_lead, tg, settings, store, (source, watched), workers, review, poster, server, parts)
+                if lock.try_acquire():
+                    await leader()
+                else:  # a hot standby: the source and the once-per-deployment jobs start on takeover
+                    tg.start_soon(_standby, lock, leader)
             task_status.started(parts)
+
+
+async def _standby(lock: SourceLock, leader) -> None:
+    await lock.acquire()
+    await leader()
+
+
+async def _lead(tg, settings: Settings, store, ingest, workers, review, poster, server, parts) -> None:
+    """Start what exactly one process runs: the source, from the cursor committed on disk, and
+    the jobs that must not run twice (triage, notifications, transparency posts)."""
+    if review.triage is not None:
+        tg.start_soon(supervised, "triage", review.triage.run)
+    if review.notifier is not None:
+        tg.start_soon(supervised, "notify", review.notifier.run)
+    if poster is not None:
+        tg.start_soon(supervised, "transparency", poster.run)
+        server.metrics.registry.register(TransparencyCollector(poster))
+    source, watched = ingest
+    if source is None:
+        return
+    watched.update(await store.known_dids())  # read now: a standby's takeover sees what the last holder added
+    pipeline = IngestPipeline(store, source.name, on_commit=workers.wake)
+    server.metrics.registry.register(IngestCollector(source, pipeline, workers))
+    log.info("ingest.starting", source=source.name, cursor=await store.cursor(source.name),
+             collections=list(settings.collections))
+    tg.start_soon(supervised, "ingest_flusher", pipeline.run_flusher)
+    run_ingest, before_restart = _ingest_task(store, source, pipeline, watched)
+    tg.start_soon(partial(supervised, "ingest", run_ingest, before_restart=before_restart))
+    parts["pipeline"] = pipeline
 
 
 async def _open_reports(stack: AsyncExitStack, settings: Settings, review: ReviewServices, client):
@@ -186,9 +213,11 @@ async def _open_reports(stack: AsyncExitStack, settings: Settings, review: Revie
     return desk, verifier
 
 
-async def _ingest_status(store, source, workers) -> dict:
+async def _ingest_status(store, source, workers, role: Role, lock: SourceLock) -> dict:
     return {
+        "role": role.name,
         "ingest": {
+            "leader": lock.held,  # this process holds the source (False: a standby, or not an ingest role)
             "source": source.name if source else None,
             "cursor": await store.cursor(source.name) if source else None,
             "endpoint": source.endpoint if source else None,

@@ -164,3 +164,25 @@ def test_systemd_verifies_the_unit_and_rates_its_exposure_low(tmp_path):
     if "--offline" in security.stderr:
         pytest.skip("systemd-analyze security --offline needs systemd 250 or newer")
     assert security.returncode == 0, security.stdout[-2000:]  # overall exposure at most 2.0 of 10
+
+
+TEMPLATE = ROOT / "systemd" / "firehose-mod@.service"
+
+
+def test_the_role_template_is_the_unit_with_a_role_and_an_env_file_per_instance():
+    """One process per role (`run --role %i`) with the hardening of the main unit, line for line."""
+    unit, template = read_unit(UNIT), read_unit(TEMPLATE)
+    assert template.pop("ExecStart") == ["/opt/firehose-mod/venv/bin/firehose-mod run --role %i"]
+    assert template.pop("EnvironmentFile") == ["-/etc/firehose-mod/%i.env"]
+    unit.pop("ExecStart")
+    assert template == unit
+    assert "Description=firehose-mod %i:" in TEMPLATE.read_text()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_systemd_verifies_an_instance_of_the_role_template(tmp_path):
+    instance = tmp_path / "firehose-mod@scan-1.service"
+    instance.write_text(TEMPLATE.read_text().replace("/opt/firehose-mod/venv", sys.prefix))
+    verify = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         p_.add_argument("--host", help="listen address (default 127.0.0.1)")
         p_.add_argument("--port", type=int, help="listen port (default 8080)")
     run.add_argument("--source", choices=["jetstream", "firehose", "none"], help="ingest source (default jetstream)")
+    run.add_argument("--role", metavar="ROLE", help=(
+        "what this process runs when several share the database (default all: everything): ingest (the"
+        " source; one holds it, others wait as hot standbys), scan (workers sharing the queue by leases),"
+        " serve (the front door only); -NAME names an instance, e.g. scan-2 (FIREHOSE_MOD_ROLE)"))
 
     key = sub.add_parser("key", help="the labeler's signing key").add_subparsers(dest="key_command", required=True)
     show = key.add_parser("show", help="print the public key as did:key (for #atproto_label); never creates one")
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             ingest_source=getattr(args, "source", None),
+            role=getattr(args, "role", None),
         )
     except ConfigError as exc:
         print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)

@@ -487,4 +487,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER plyr_reports_append_only_delete BEFORE DELETE ON plyr_reports
         BEGIN SELECT RAISE(ABORT, 'plyr_reports are kept as received'); END;
     """,
+    # 16: scan job leases, so several scan processes share one queue (`run --role scan`): a job
+    # is held by `worker` until `lease_until` (unix time), renewed while it runs; a dead worker's
+    # job is claimed again when its lease runs out.
+    """
+    ALTER TABLE scan_jobs ADD COLUMN worker TEXT;
+    ALTER TABLE scan_jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+    """,
 ]

@@ -2,6 +2,10 @@
 
 A job is `pending` (due at `not_before`), `running` (claimed), `done` or `failed` (for good).
 Jobs are enqueued by the ingest commit, in the same transaction as the events behind them.
+
+Several scan processes can share the queue (`run --role scan`): a claim is a lease held by a
+named worker until `lease_until`, renewed while the job runs (`renew`). A job whose lease ran
+out (its process died or hung) is claimed again by whoever asks next, and counts an attempt.
 """
 
 from __future__ import annotations
@@ -72,30 +76,57 @@ class ScanQueue(Store):
         )
         return cur.rowcount
 
-    async def requeue_running(self) -> int:
-        """Put jobs left 'running' by a crash or a stop back to 'pending'; returns how many."""
-        return await self._write("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
+    async def requeue_running(self, worker: str | None = None) -> int:
+        """Put jobs left 'running' back to 'pending'; returns how many. With no `worker` (the one
+        scan process of `run --role all`), every running job; otherwise the jobs this worker held
+        before a restart, and any whose lease ran out: never a job another live worker holds."""
+        if worker is None:
+            return await self._write("UPDATE scan_jobs SET state = 'pending' WHERE state = 'running'")
+        return await self._write(
+            "UPDATE scan_jobs SET state = 'pending' WHERE state = 'running' AND (worker = ? OR lease_until < ?)",
+            (worker, time.time()))
 
-    async def claim(self, limit: int) -> list[ScanJob]:
-        """Mark up to `limit` due pending jobs as running and return them, oldest first."""
+    async def claim(self, limit: int, *, worker: str = "all", lease: float = 300.0) -> list[ScanJob]:
+        """Lease up to `limit` jobs to `worker` for `lease` seconds and return them, oldest first:
+        due pending jobs, and running jobs whose lease ran out."""
         async with self._lock:
-            return await self._claim(limit)
+            return await self._claim(limit, worker, lease)
 
-    async def _claim(self, limit: int) -> list[ScanJob]:
+    async def _claim(self, limit: int, worker: str, lease: float) -> list[ScanJob]:
         db = self._db
+        now = time.time()
         async with self._transaction():
             async with db.execute(
                 "SELECT j.id, j.uri, j.cid, j.operation, j.attempts, t.record, t.cid, t.deleted FROM scan_jobs j"
-                " LEFT JOIN tracks t ON t.uri = j.uri"
-                " WHERE j.state = 'pending' AND j.not_before <= ? ORDER BY j.id LIMIT ?",
-                (time.time(), limit),
+                " LEFT JOIN tracks t ON t.uri = j.uri WHERE j.id IN ("
+                "  SELECT id FROM scan_jobs WHERE state = 'pending' AND not_before <= ?"
+                "  UNION ALL SELECT id FROM scan_jobs WHERE state = 'running' AND lease_until < ?"
+                "  ORDER BY id LIMIT ?) ORDER BY j.id",
+                (now, now, limit),
             ) as cur:
                 rows = await cur.fetchall()
             await db.executemany(
-                "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
+                "UPDATE scan_jobs SET state = 'running', attempts = attempts + 1, worker = ?, lease_until = ?"
+                " WHERE id = ?", [(worker, now + lease, r[0]) for r in rows]
             )
         return [ScanJob(r[0], r[1], r[2], r[3], r[4] + 1, json.loads(r[5]) if r[5] else None, r[6], bool(r[7]))
                 for r in rows]
+
+    async def renew(self, job_ids: list[int], *, worker: str, lease: float) -> int:
+        """Extend `worker`'s leases on `job_ids` that it still holds; returns how many of them
+        another worker holds now (this one stalled past its lease)."""
+        if not job_ids:
+            return 0
+        marks = ", ".join("?" for _ in job_ids)
+        await self._write(
+            f"UPDATE scan_jobs SET lease_until = ? WHERE id IN ({marks}) AND worker = ? AND state = 'running'",
+            (time.time() + lease, *job_ids, worker))
+        async with self._reading(
+            f"SELECT count(*) FROM scan_jobs WHERE id IN ({marks}) AND state = 'running' AND worker != ?",
+            (*job_ids, worker),
+        ) as cur:
+            (taken,) = await cur.fetchone()
+        return taken
 
     async def finish(self, job_id: int) -> None:
         await self._write(

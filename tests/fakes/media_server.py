@@ -6,7 +6,8 @@
 
 Routes: any path in `files` (body, content type); `/huge?size=N[&length=0]` (N bytes of audio,
 with a Content-Length unless length=0, then close-delimited); `/slow` (audio headers, then a
-byte every 0.2 s for a minute); `/redirect/N` (a chain of N redirects ending at /song.mp3);
+byte every 0.2 s for a minute); `/hold/NAME` (waits while `held` is set, then serves
+`/cover.png`: a scan in flight for as long as a test needs); `/redirect/N` (a chain of N redirects ending at /song.mp3);
 `/redirect-to?url=U` (302 to U, wherever it points: the client must refuse private targets
 without connecting); getBlob, answering `blob_type` as content type, 500 while `blob_fail`,
 404 for unknown blobs, and `blob_tamper` bytes instead of the real ones. `requests` logs
@@ -49,6 +50,7 @@ class MediaServer(LocalHTTPServer):
         self.blob_tamper: bytes | None = None
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.hosts: list[str] = []  # Host headers, to see which name a pinned connection carried
+        self.held = threading.Event()  # set: /hold/* requests wait until it is cleared
         self._lock = threading.Lock()
 
     @property
@@ -97,6 +99,11 @@ class MediaServer(LocalHTTPServer):
                 h.wfile.flush()
                 time.sleep(0.2)
             return None
+        if path.startswith("/hold/"):
+            while self.held.is_set():
+                time.sleep(0.05)
+            body, ctype = self.files["/cover.png"]
+            return _send(h, 200, body, ctype)
         if path.startswith("/redirect/"):
             n = int(path.rsplit("/", 1)[1])
             return _redirect(h, f"/redirect/{n - 1}" if n > 1 else "/song.mp3")
