@@ -1,4 +1,5 @@
-"""`firehose-mod db backup DEST`: an online, consistent copy of the database (see ops/backup.py)."""
+"""`firehose-mod db backup DEST`: an online, consistent copy of the database (see ops/backup.py);
+`firehose-mod db migrate`: bring the schema up to this version's (store/schema.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,40 @@ def add_parser(sub) -> None:
     backup.add_argument("--json", action="store_true", help="print the report as JSON")
     backup.add_argument("--pages-per-step", type=int, default=256,
                         help="pages copied per step; the daemon writes between steps (default 256)")
+    migrate = db.add_parser("migrate", help="apply this version's schema migrations (the daemon also does at start)",
+                            description="Apply the schema migrations this version of firehose-mod knows, once, "
+                            "before new daemons start. Refuses a database whose schema is newer than this code "
+                            "(exit 2): upgrade firehose-mod instead. Take a `db backup` first.")
+    migrate.add_argument("--check", action="store_true",
+                         help="change nothing; exit 1 if migrations are pending, 0 if the schema is current")
+    migrate.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+async def db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from firehose_mod.store.db import SchemaError
+    from firehose_mod.store.schema import migrate_sqlite, sqlite_status
+
+    try:
+        before = sqlite_status(settings.db_path)
+        after = before if args.check or not before.pending else await migrate_sqlite(
+            settings.db_path, synchronous=settings.db_synchronous)
+    except SchemaError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        _out(json.dumps({**after.as_dict(), "from": before.version, "checked_only": args.check}))
+    elif args.check:
+        _out(f"{before.where}: schema {before.version} of {before.known}"
+             + (f": {before.pending} migration(s) pending (run `firehose-mod db migrate`)" if before.pending
+                else ": current"))
+    else:
+        _out(f"{after.where}: schema {before.version} -> {after.version}" if before.pending
+             else f"{after.where}: schema {after.version}, current: nothing to do")
+    return 1 if args.check and before.pending else 0
 
 
 async def db_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.db_command == "migrate":
+        return await db_migrate(settings, args)
     from firehose_mod.ops.backup import BackupError, backup_database
 
     bar = ProgressLine()

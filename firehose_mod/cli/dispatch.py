@@ -60,7 +60,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from firehose_mod.cli.transparency import transparency
 
             return await transparency(settings, args)
-        case "db" if args.db_command == "backup":
+        case "db":
             from firehose_mod.cli.db import db_command
 
             return await db_command(settings, args)
