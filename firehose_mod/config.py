@@ -68,6 +68,12 @@ class Settings:
                                      "seconds an operator command waits for another process's write lock"
                                      " (the daemon waits as long as it takes)")
     )
+    database_url: str = field(
+        default="", repr=False, metadata=_meta(
+            "store", "database_url",
+            "postgresql://USER:PASSWORD@HOST:PORT/DB: the label log on PostgreSQL, shared by several"
+            " processes (empty: the SQLite file; never logged)")
+    )
     stream_send_timeout: float = field(
         default=10.0,
         metadata=_meta("stream", "send_timeout", "seconds a subscriber may block a send before ConsumerTooSlow"),
@@ -363,6 +369,8 @@ def validate(s: Settings) -> None:
         raise bad("key_curve", f"{s.key_curve!r}: use secp256k1 (the atproto default) or p256")
     if s.db_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise bad("db_synchronous", f"{s.db_synchronous!r}: use FULL, EXTRA or NORMAL (NORMAL may lose labels on power loss)")
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
+        raise bad("database_url", "must be a postgresql://USER:PASSWORD@HOST:PORT/DB URL, or empty for SQLite")
     for name in ("stream_send_timeout", "stream_ping_interval", "stream_ping_timeout", "stream_poll_interval"):
         if getattr(s, name) <= 0:
             raise bad(name, "must be a positive number of seconds")

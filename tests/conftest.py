@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -13,6 +14,7 @@ from firehose_mod.daemon import open_label_log, run_server
 from firehose_mod.server.app import LabelServer
 from firehose_mod.store import LabelLog
 
+from tests.helpers.pg import PgCluster, PostgresMissing
 from tests.helpers.review import d  # noqa: F401 - the review desk fixture, shared by the desk's tests
 
 
@@ -22,9 +24,60 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# -- label log backends ------------------------------------------------------------------------
+# A test module that sets `LABEL_LOG_BACKENDS = ("sqlite", "postgres")` runs each of its tests that
+# use the `settings` / `label_log` / `running` fixtures once per backend; `@pytest.mark.backends("sqlite")`
+# keeps one test on the backends it names (a test that opens the SQLite file itself). Elsewhere the
+# label log is SQLite, as it always was.
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "backends(*names): run this test on these label log backends only")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    backends = getattr(metafunc.module, "LABEL_LOG_BACKENDS", None)
+    if backends and "backend" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", only.args if only else backends, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return load_settings(env={}, data_dir=tmp_path / "var", port=0, stream_poll_interval=0.05)
+def backend(request) -> str:
+    """The label log backend of this test: "sqlite" (the default) or "postgres"."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL server for the whole test session (tests/helpers/pg.py)."""
+    try:
+        cluster = PgCluster.start()
+    except PostgresMissing as exc:
+        if os.environ.get("CI"):
+            raise  # .ci/run installs PostgreSQL: missing there is a broken CI, not a skip
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL, dropped after the test."""
+    url = pg_cluster.create_database()
+    try:
+        yield url
+    finally:
+        pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path, backend, request) -> Settings:
+    database_url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    return load_settings(env={}, data_dir=tmp_path / "var", port=0, stream_poll_interval=0.05,
+                         database_url=database_url)
 
 
 @dataclass

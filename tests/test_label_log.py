@@ -12,6 +12,7 @@ from firehose_mod.store import EmitRequest, LabelLog
 from tests.conftest import uri
 
 pytestmark = pytest.mark.anyio
+LABEL_LOG_BACKENDS = ("sqlite", "postgres")  # tests/conftest.py; PostgreSQL's own: tests/test_pg_label_log.py
 
 CID = "bafyreifxykqhed72s26cr4i64rxvrtofeqrly3j4vjzbkvo3ckkjbxjqtq"
 
@@ -83,6 +84,7 @@ async def test_emit_many_is_one_transaction_and_skips_no_ops(label_log: LabelLog
     assert await label_log.head() == 5  # validation happens before anything is written
 
 
+@pytest.mark.backends("sqlite")  # opens the SQLite file; on PostgreSQL: tests/test_pg_label_log.py
 async def test_the_log_is_append_only_at_the_database_level(label_log: LabelLog, settings):
     await label_log.emit(uri(1), "porn")
     db = sqlite3.connect(settings.db_path)
@@ -93,6 +95,7 @@ async def test_the_log_is_append_only_at_the_database_level(label_log: LabelLog,
     db.close()
 
 
+@pytest.mark.backends("sqlite")  # opens the SQLite file; on PostgreSQL: tests/test_pg_label_log.py
 async def test_labels_and_their_signatures_survive_reopening(settings, label_log: LabelLog):
     stored = await label_log.emit(uri(1), "porn", exp="2999-01-01T00:00:00Z")
     await label_log.close()

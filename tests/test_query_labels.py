@@ -13,6 +13,7 @@ from firehose_mod.server.admin import auth_header
 from tests.conftest import Running
 
 pytestmark = pytest.mark.anyio
+LABEL_LOG_BACKENDS = ("sqlite", "postgres")  # tests/conftest.py
 
 SUBJECTS = [
     "at://did:plc:alice/fm.plyr.track/1",

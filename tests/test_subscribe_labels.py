@@ -19,6 +19,7 @@ from tests.conftest import Running, uri
 from tests.stream_client import Received, collect, decode, subscribe, tiny_receive_buffer_socket
 
 pytestmark = pytest.mark.anyio
+LABEL_LOG_BACKENDS = ("sqlite", "postgres")  # tests/conftest.py
 
 
 async def fill(log: LabelLog, n: int, start: int = 0) -> None:
@@ -128,6 +129,7 @@ async def test_labels_written_during_backfill_arrive_exactly_once_in_order(runni
     assert [label.uri for label in got.labels[3000:]] == [uri(10_000 + i) for i in range(300)]
 
 
+@pytest.mark.backends("sqlite")  # on PostgreSQL: tests/test_pg_streams.py
 async def test_labels_from_another_process_connection_reach_subscribers(running: Running, settings):
     other = await LabelLog.open(settings.db_path, running.log.key, running.log.src)
     try:
@@ -139,6 +141,7 @@ async def test_labels_from_another_process_connection_reach_subscribers(running:
     assert got.seqs == [1]
 
 
+@pytest.mark.backends("sqlite")  # on PostgreSQL: tests/test_pg_streams.py (waits for "live")
 async def test_many_subscribers_each_get_every_live_label(running: Running):
     n = 200
     async with anyio.create_task_group() as tg:
