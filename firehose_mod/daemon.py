@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -105,8 +106,17 @@ async def run_server(
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
-        log.info("label_log.ready", head=feed.head, db=str(settings.db_path), key=label_log.key.did_key)
+        log.info("label_log.ready", head=feed.head, db=_where(settings), key=label_log.key.did_key)
         task_status.started(server)
+
+
+def _where(settings: Settings) -> str:
+    """Where the label log is, for the logs: the SQLite path, or the PostgreSQL server and database
+    (never the URL's password)."""
+    if not settings.database_url:
+        return str(settings.db_path)
+    parts = urlsplit(settings.database_url)
+    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
 def raise_open_file_limit() -> None:

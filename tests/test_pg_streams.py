@@ -95,3 +95,12 @@ def test_an_unreachable_database_is_one_line_without_the_password_and_run_is_ref
     # `run` needs the scan queue and review tables, which are not on PostgreSQL yet: refused at once
     run = run_cli("run", env=env, check=False)
     assert run.returncode == 2 and "only the label log runs so far" in run.stderr and "s3cret" not in run.stderr
+
+
+def test_the_daemon_log_names_the_postgresql_database_without_its_password(tmp_path):
+    from firehose_mod.config import load_settings
+    from firehose_mod.daemon import _where
+
+    settings = load_settings(env={}, data_dir=tmp_path, database_url="postgresql://mod:s3cret@db.internal:6432/labels")
+    assert _where(settings) == "postgresql://db.internal:6432/labels"
+    assert _where(load_settings(env={}, data_dir=tmp_path)) == str(tmp_path / "firehose-mod.sqlite3")
