@@ -1,21 +1,24 @@
 """`firehose-mod db backup DEST`: an online, consistent copy of the database (see ops/backup.py);
-`firehose-mod db migrate`: bring the schema up to this version's (store/schema.py)."""
+`firehose-mod db migrate`: bring the schema up to this version's (store/schema.py);
+`firehose-mod db copy`: the SQLite label log onto PostgreSQL, resumable and verified (ops/db_copy.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from firehose_mod.cli.common import CommandError, ProgressLine, _out
 from firehose_mod.config import Settings
 
 # Below this many pages (about 40 MB at 4 KiB) the copy takes a moment: no progress line.
 PROGRESS_MIN_PAGES = 10_000
+PROGRESS_MIN_ROWS = 10_000  # `db copy`: below this many labels (or decisions) a phase takes a moment
 
 
 def add_parser(sub) -> None:
-    db = sub.add_parser("db", help="the SQLite database").add_subparsers(dest="db_command", required=True)
+    db = sub.add_parser("db", help="the database: backup, migrate, copy onto PostgreSQL").add_subparsers(dest="db_command", required=True)
     backup = db.add_parser("backup", help="an online, consistent copy of the database (safe while the daemon runs)")
     backup.add_argument("dest", type=Path, metavar="DEST", help="the copy to write (a new file)")
     backup.add_argument("--force", action="store_true", help="replace DEST if it exists")
@@ -29,6 +32,53 @@ def add_parser(sub) -> None:
     migrate.add_argument("--check", action="store_true",
                          help="change nothing; exit 1 if migrations are pending, 0 if the schema is current")
     migrate.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_copy_parser(db)
+
+
+COPY_DESCRIPTION = """\
+Copy the SQLite label log onto PostgreSQL, so `firehose-mod serve` processes on other
+machines can serve it ([store] database_url). Every label keeps its seq, fields, signature
+and wire CBOR byte for byte; label_state is rebuilt, the head and a raised seq floor carry
+over (the next label on PostgreSQL gets the seq SQLite would have given it), and the
+decision rows follow with their ids.
+
+The SQLite file is only read (mode=ro), in one snapshot taken at start. Stop the daemon
+first (or copy a `db backup`): a daemon still writing is not blocked (its WAL just grows
+until the copy ends), but what it writes after the snapshot is not copied; the report says
+how many seqs were left behind, and running the command again (after stopping it) copies
+just those.
+
+Resumable: batches are committed one transaction each under the label log's write lock;
+after a kill, run the same command again and it goes on from the highest seq already on
+PostgreSQL. A PostgreSQL log holding labels that are not this source's is refused.
+
+Verified at the end: counts and heads, every label's columns per range of 10,000 seqs
+(count, first, last, digest), label_state and decisions the same way, and the signatures
+of a random sample read back from PostgreSQL. Exit 0: copied and verified; 1: the
+verification found a difference (listed); 2: nothing or only part copied (the error says why).
+"""
+
+COPY_EPILOG = """\
+a move, step by step:
+  firehose-mod db copy --to postgresql://fm:PASS@db.internal/firehose   the bulk (the daemon may still run)
+  systemctl stop firehose-mod                                           nothing writes to SQLite any more
+  firehose-mod db copy --to postgresql://fm:PASS@db.internal/firehose   only the rest, then the verification
+  then set [store] database_url and start `firehose-mod serve` on each machine
+"""
+
+
+def add_copy_parser(db) -> None:
+    copy = db.add_parser("copy", help="copy the SQLite label log onto PostgreSQL (resumable, verified)",
+                         description=COPY_DESCRIPTION, epilog=COPY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    copy.add_argument("--from", dest="copy_from", metavar="sqlite:PATH",
+                      help="the SQLite database to read (default: this data directory's database)")
+    copy.add_argument("--to", dest="copy_to", metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+                      help="the PostgreSQL database to fill (default: [store] database_url, FIREHOSE_MOD_DATABASE_URL)")
+    copy.add_argument("--batch", type=int, default=5000, help="labels per PostgreSQL transaction (default 5000)")
+    copy.add_argument("--sample", type=int, default=1000,
+                      help="labels whose signatures are checked on PostgreSQL at the end (default 1000; all if fewer)")
+    copy.add_argument("--no-verify", action="store_true", help="skip the verification (it reads both sides again)")
+    copy.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 async def db_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -56,6 +106,8 @@ async def db_migrate(settings: Settings, args: argparse.Namespace) -> int:
 async def db_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.db_command == "migrate":
         return await db_migrate(settings, args)
+    if args.db_command == "copy":
+        return await db_copy(settings, args)
     from firehose_mod.ops.backup import BackupError, backup_database
 
     bar = ProgressLine()
@@ -86,3 +138,99 @@ async def db_command(settings: Settings, args: argparse.Namespace) -> int:
                else "each restart began a fresh snapshot")
         _out(f"the daemon wrote during the copy: SQLite restarted it {report.restarts} time(s); {how}")
     return 0
+
+
+def _where(url: str) -> str:
+    """The server and database of a PostgreSQL URL, never its password."""
+    parts = urlsplit(url)
+    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+def _copy_endpoints(settings: Settings, args: argparse.Namespace) -> tuple[Path, str]:
+    source = args.copy_from or f"sqlite:{settings.db_path}"
+    if not source.startswith("sqlite:") or source == "sqlite:":
+        raise CommandError(f"--from {source!r}: give the SQLite database as sqlite:PATH,"
+                           " e.g. --from sqlite:/var/lib/firehose-mod/firehose-mod.sqlite3")
+    target = args.copy_to or settings.database_url
+    if not target:
+        raise CommandError("no PostgreSQL to copy to: give --to postgresql://USER:PASSWORD@HOST:PORT/DB"
+                           " (or set [store] database_url / FIREHOSE_MOD_DATABASE_URL)")
+    if not target.startswith(("postgresql://", "postgres://")):
+        raise CommandError(f"--to must be a postgresql://USER:PASSWORD@HOST:PORT/DB URL, not {_where(target)!r}")
+    if args.batch < 1 or args.sample < 0:
+        raise CommandError("--batch must be at least 1 and --sample at least 0")
+    return Path(source.removeprefix("sqlite:")).expanduser(), target
+
+
+async def db_copy(settings: Settings, args: argparse.Namespace) -> int:
+    import sqlite3
+
+    import asyncpg
+
+    from firehose_mod.ops.db_copy import CopyRefused, copy_label_log
+    from firehose_mod.store.label_export import SourceError, SqliteLabelSource
+    from firehose_mod.store.pg.copy import CopyConflict, PgCopyTarget
+
+    path, url = _copy_endpoints(settings, args)
+    bar = ProgressLine()
+    shown = False
+
+    def progress(phase: str, done: int, total: int) -> None:
+        nonlocal shown
+        if total < PROGRESS_MIN_ROWS:
+            return
+        shown = True
+        bar.show(done / total if total else 1.0, f"{phase}: {done}/{total}", force=done == total)
+
+    resume = "what was committed is kept: run the same command again to resume"
+    try:
+        source = await SqliteLabelSource.open(path)
+        try:
+            target = await PgCopyTarget.open(url, busy_wait=settings.db_busy_wait)
+            try:
+                report = await copy_label_log(source, target, source_name=str(source.path), target_name=_where(url),
+                                              batch=args.batch, sample=args.sample, verify=not args.no_verify,
+                                              progress=progress)
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+    except (SourceError, CopyRefused) as exc:
+        raise CommandError(str(exc)) from None
+    except CopyConflict as exc:
+        raise CommandError(f"{exc}; stop every other firehose-mod (or copy) using {_where(url)} and run the same"
+                           " command again: it resumes if what is there is this source's, and refuses otherwise") from None
+    except sqlite3.Error as exc:
+        raise CommandError(f"reading {path} failed: {exc}; {resume}") from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CommandError(f"the copy to {_where(url)} stopped: {type(exc).__name__}: {exc}; {resume}") from None
+    finally:
+        if shown:
+            bar.done()
+    v = report.verification
+    if args.json:
+        _out(json.dumps(report.as_dict()))
+    else:
+        _render_copy(report)
+    return 1 if v is not None and not v.ok else 0
+
+
+def _render_copy(r) -> None:
+    _out(f"source   {r.source}: head {r.source_head}, {r.source_labels} labels, {r.source_decisions} decisions")
+    _out(f"target   {r.target}" + (f": resumed after seq {r.resumed_from}" if r.resumed_from else ""))
+    _out(f"copied   {r.copied_labels} labels, {r.copied_decisions} decisions in {r.batches} batches, {r.seconds:.1f} s"
+         f"; the next label on PostgreSQL gets seq {r.source_head + 1}")
+    v = r.verification
+    if v is not None:
+        _out(f"compared {v.labels} labels and head {v.head} with the source's, in {v.seconds:.1f} s:")
+        _out(f"         {v.ranges} ranges of 10,000 seqs: count, first, last and a digest of every column")
+        _out(f"         label_state ({v.state_rows} rows) and decisions ({v.decisions} rows) the same way")
+        _out(f"         signatures of {v.sampled} random labels read back from PostgreSQL, checked against"
+             f" {', '.join(v.keys) or '-'}")
+        _out("result   OK: PostgreSQL holds exactly the source's label log" if v.ok
+             else f"result   {len(v.problems)} problem(s):")
+        for p in v.problems:
+            _out(f"  {p}")
+    if r.left_behind:
+        _out(f"note     the source gave out {r.left_behind} more seqs after the snapshot (a daemon still writes):"
+             " stop it and run the same command again to copy them")
