@@ -17,12 +17,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
+
+from tests.procs import free_port
 
 
 class PostgresMissing(RuntimeError):
@@ -43,12 +44,6 @@ def find_bin_dir() -> Path:
     if not found:
         raise PostgresMissing("PostgreSQL's initdb was not found (on Debian: apt-get install postgresql)")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -84,7 +79,7 @@ class PgCluster:
             info = pwd.getpwnam(user)
             for p in (root, root / "sock"):
                 os.chown(p, info.pw_uid, info.pw_gid)
-        cluster = cls(root=root, port=_free_port(), bin_dir=bin_dir, user=user)
+        cluster = cls(root=root, port=free_port(), bin_dir=bin_dir, user=user)
         try:
             cluster._run("initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                          "--locale=C", "--no-sync")
