@@ -44,8 +44,9 @@ from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.ingest import IngestStore
 from firehose_mod.store.nonces import NonceStore
+from firehose_mod.store.pg.ingest import PgIngestStore
 from firehose_mod.store.reports import ReportStore
-from firehose_mod.store.source_lock import SourceLock
+from firehose_mod.store.source_lock import PgSourceLock, SourceLock
 from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,27 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
         yield label_log
     finally:
         await close_shielded(label_log)
+
+
+@asynccontextmanager
+async def open_ingest_store(settings: Settings) -> AsyncIterator[IngestStore | PgIngestStore]:
+    """The ingest store (source cursors, tracks, scan queue, dead letters) of `settings`: the
+    SQLite file, or PostgreSQL when `database_url` is set."""
+    if settings.database_url:
+        store = await PgIngestStore.open(settings.database_url)
+    else:
+        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
+    try:
+        yield store
+    finally:
+        await close_shielded(store)
+
+
+def source_lock(settings: Settings, holder: str) -> SourceLock | PgSourceLock:
+    """The lock that makes one ingest process per database read the source (store/source_lock.py)."""
+    if settings.database_url:
+        return PgSourceLock(settings.database_url, holder=holder)
+    return SourceLock(settings.db_path, holder=holder)
 
 
 async def run_server(
@@ -149,8 +171,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     role = parse_role(settings.role)
     async with AsyncExitStack() as stack:
         label_log = await stack.enter_async_context(open_label_log(settings, daemon=True))
-        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        stack.push_async_callback(close_shielded, store)
+        store = await stack.enter_async_context(open_ingest_store(settings))
         scanning = await stack.enter_async_context(open_engine(settings, label_log))
         engine = scanning.engine
         review = await stack.enter_async_context(open_review(settings, label_log, daemon=True))
@@ -170,7 +191,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             source = build_source(settings, watched, verifier=verifier)
         workers = ScanWorkers(store, engine, concurrency=settings.scan_workers, worker=role.worker,
                               lease=settings.scan_lease, negate_on_delete=settings.negate_on_delete)
-        lock = SourceLock(settings.db_path, holder=role.name)
+        lock = source_lock(settings, role.name)
         stack.callback(lock.release)
 
         async with anyio.create_task_group() as tg:
@@ -187,14 +208,14 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             server.status_providers.append(lambda: _ingest_status(store, source, workers, role, lock))
             if role.ingests:
                 leader = partial(_lead, tg, settings, store, (source, watched), workers, review, poster, server, parts)
-                if lock.try_acquire():
+                if await lock.acquire(wait=False):
                     await leader()
                 else:  # a hot standby: the source and the once-per-deployment jobs start on takeover
                     tg.start_soon(_standby, lock, leader)
             task_status.started(parts)
 
 
-async def _standby(lock: SourceLock, leader) -> None:
+async def _standby(lock: SourceLock | PgSourceLock, leader) -> None:
     await lock.acquire()
     await leader()
 
@@ -236,7 +257,7 @@ async def _open_reports(stack: AsyncExitStack, settings: Settings, review: Revie
     return desk, verifier
 
 
-async def _ingest_status(store, source, workers, role: Role, lock: SourceLock) -> dict:
+async def _ingest_status(store, source, workers, role: Role, lock: SourceLock | PgSourceLock) -> dict:
     return {
         "role": role.name,
         "ingest": {

@@ -80,6 +80,27 @@ def settings(tmp_path, backend, request) -> Settings:
                          database_url=database_url)
 
 
+@pytest.fixture
+async def open_ingest(tmp_path, backend, request):
+    """Opens ingest stores over one database of this test's backend (store/ingest.py's
+    IngestStore or store/pg/ingest.py's PgIngestStore): each call is another instance with
+    connections of its own, as another process would have. All are closed after the test."""
+    from firehose_mod.store.ingest import IngestStore
+    from firehose_mod.store.pg.ingest import PgIngestStore
+
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    opened = []
+
+    async def open_store():
+        store = await PgIngestStore.open(url) if url else await IngestStore.open(tmp_path / "db.sqlite3")
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
 @dataclass
 class Running:
     settings: Settings

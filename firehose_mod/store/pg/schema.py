@@ -20,6 +20,10 @@ from firehose_mod.store.db import SchemaError
 # label log's writers. Arbitrary constants, fixed forever.
 MIGRATE_LOCK = 0x66_6D_5F_6D_69_67  # "fm_mig"
 WRITE_LOCK = 0x66_6D_5F_6C_6F_67  # "fm_log"
+# The ingest commit's transaction lock (one ingest commit at a time, as SQLite's one writer) and
+# the source lock, a session lock held by the one ingest process (store/source_lock.py).
+INGEST_LOCK = 0x66_6D_5F_69_6E_67  # "fm_ing"
+SOURCE_LOCK = 0x66_6D_5F_73_72_63  # "fm_src"
 
 MIGRATIONS: list[str] = [
     # 1: the label log (append-only; seq is the subscribeLabels cursor), its state and its head.
@@ -77,6 +81,82 @@ MIGRATIONS: list[str] = [
         created   text NOT NULL
     );
     CREATE INDEX decisions_uri ON decisions (uri, id);
+    """,
+    # 2: ingest (store/pg/ingest.py): source cursors, tracks, repo events, the scan queue with
+    # its leases, dead letters, rescan progress. The same tables as SQLite's migrations 2, 6, 8
+    # and 16; times that leases compare (not_before, lease_until) are epoch seconds of the
+    # database's clock, so machines with skewed clocks agree on whose lease ran out.
+    """
+    CREATE TABLE source_cursors (
+        source   text PRIMARY KEY,
+        cursor   bigint NOT NULL,
+        updated  text NOT NULL
+    );
+    CREATE TABLE tracks (
+        uri      text COLLATE "C" PRIMARY KEY,
+        did      text NOT NULL,
+        rkey     text NOT NULL,
+        cid      text,
+        rev      text NOT NULL DEFAULT '',
+        record   text,                        -- JSON, as the source sent it
+        deleted  boolean NOT NULL DEFAULT false,
+        first_seen text NOT NULL,
+        updated  text NOT NULL
+    );
+    CREATE INDEX tracks_did ON tracks (did);
+    CREATE TABLE scan_jobs (
+        id        bigserial PRIMARY KEY,
+        uri       text COLLATE "C" NOT NULL,
+        cid       text NOT NULL DEFAULT '',
+        operation text NOT NULL CHECK (operation IN ('create', 'update', 'delete', 'rescan')),
+        source    text NOT NULL,
+        cursor    bigint,
+        state     text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        attempts  integer NOT NULL DEFAULT 0,
+        not_before double precision NOT NULL DEFAULT 0,
+        error     text,
+        created   text NOT NULL,
+        finished  text,
+        worker    text,
+        lease_until double precision NOT NULL DEFAULT 0,
+        UNIQUE (uri, cid, operation)
+    );
+    -- What a claim looks at: the jobs not finished, in id order.
+    CREATE INDEX scan_jobs_open ON scan_jobs (id) WHERE state IN ('pending', 'running');
+    CREATE TABLE dead_letters (
+        id       bigserial PRIMARY KEY,
+        source   text NOT NULL,
+        cursor   bigint,
+        reason   text NOT NULL,
+        detail   text NOT NULL,
+        did      text,
+        uri      text,
+        raw      bytea,
+        created  text NOT NULL,
+        fingerprint bytea NOT NULL UNIQUE
+    );
+    CREATE TABLE repo_events (
+        id       bigserial PRIMARY KEY,
+        did      text NOT NULL,
+        kind     text NOT NULL,
+        active   boolean,
+        status   text,
+        handle   text,
+        source   text NOT NULL,
+        cursor   bigint,
+        created  text NOT NULL,
+        UNIQUE (source, cursor, did, kind)
+    );
+    CREATE INDEX repo_events_did ON repo_events (did, id);
+    CREATE TABLE rescans (
+        key       text PRIMARY KEY,
+        last_uri  text COLLATE "C" NOT NULL DEFAULT '',
+        checked   integer NOT NULL DEFAULT 0,
+        changed   integer NOT NULL DEFAULT 0,
+        finished  boolean NOT NULL DEFAULT false,
+        started   text NOT NULL,
+        updated   text NOT NULL
+    );
     """,
 ]
 
