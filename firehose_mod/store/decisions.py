@@ -201,13 +201,16 @@ async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
     """
     now = now_iso()
     opened = 0
-    for r in rows:
-        await db.execute(
+    if rows:  # one executemany, in order: a statement per row is a thread hop per row
+        scanners: dict[int, str] = {}  # the rows of one scan share one versions dict: encode it once
+        for r in rows:
+            if id(r.scanners) not in scanners:
+                scanners[id(r.scanners)] = json.dumps(r.scanners or {}, sort_keys=True)
+        await db.executemany(
             "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
             " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
-             json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
-             r.actor, r.reason, now),
+            [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version, scanners[id(r.scanners)],
+              _finding_json(r.evidence), r.label_seq, r.actor, r.reason, now) for r in rows],
         )
     writer = ReviewWriter(db)
     for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy

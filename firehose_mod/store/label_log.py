@@ -14,6 +14,7 @@ Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction)
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,15 @@ from firehose_mod.store.query import QueryBudget, QueryConnections, build_query,
 log = structlog.get_logger(__name__)
 
 _COLUMNS = "seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor"
+# The highest seq given out: the last row's, or the floor an operator raised sqlite_sequence to.
+_HEAD_SQL = (
+    "SELECT max(coalesce((SELECT seq FROM labels ORDER BY seq DESC LIMIT 1), 0),"
+    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
+)
+# Up to this many labels a commit logs a `label.written` line each; a larger batch logs one
+# `labels.written` summary.
+_LOG_EACH_UP_TO = 10
+WRITER_AUTOCHECKPOINT_PAGES = 32768  # the writer checkpoints when the WAL is past this (default 1,000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,10 @@ class LabelLog:
                    busy_wait: float | None = None) -> LabelLog:
         writer = await open_db(path, synchronous=synchronous)
         try:
+            # A 1,000-label batch dirties ~4,000 pages (random leaves of the uri indexes): at the
+            # default of 1,000 the writer checkpointed (copied and fsynced the database) after every
+            # batch. Every 32,768 pages (128 MiB of WAL) it copies each page once per several batches.
+            await writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
             reader = await open_db(path, synchronous=synchronous)
         except BaseException:
             await writer.close()
@@ -142,62 +156,88 @@ class LabelLog:
             if self.yield_to_daemon:
                 await anyio.sleep(min(1.0, time.monotonic() - started))
         if written:
-            for s in written:
-                log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
+            if len(written) <= _LOG_EACH_UP_TO:
+                for s in written:
+                    log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
+            else:  # a line per label costs more than writing the label (issue 19)
+                log.info("labels.written", count=len(written), first_seq=written[0].seq, last_seq=written[-1].seq,
+                         negations=sum(s.label.neg for s in written))
             for listener in self._listeners:
                 listener(written)
         return written
 
     async def _append(self, requests: list[EmitRequest], also=None) -> list[StoredLabel]:
-        written: list[StoredLabel] = []
-        states: list[tuple[str, str, str, int]] = []
-        now = datetime.now(UTC)
         db = self._writer
         async with transaction(db, wait=self.busy_wait, path=self._path):
-            # One read for the whole batch, one write per label, one write for the state rows:
-            # each aiosqlite call is a thread hop, which costs more than the SQL itself.
-            current = await self._currents({(r.uri, r.val) for r in requests})
-            for r in requests:
-                if r.cts is not None and not await self._import_applies(current.get((r.uri, r.val)), r):
-                    continue
-                if not _changes_state(current.get((r.uri, r.val)), r, now):
-                    continue
-                label = self.key.sign(
-                    Label(src=self.src, uri=r.uri, val=r.val, cts=r.cts or now_iso(), cid=r.cid, neg=r.neg, exp=r.exp)
-                )
-                cbor = label.to_cbor()
-                async with db.execute(
-                    "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                    (label.src, label.uri, label.cid, label.val, int(label.neg), label.cts, label.exp,
-                     label.sig, self.key.did_key, cbor),
-                ) as cur:
-                    (seq,) = await cur.fetchone()
-                current[(r.uri, r.val)] = label  # a repeat later in this batch is a no-op
-                states.append((label.uri, label.val, label.src, seq))
-                written.append(StoredLabel(seq, label, self.key.did_key, cbor))
-            if states:
-                await db.executemany(
-                    "INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
-                    states,
-                )
+            written: list[StoredLabel] = []
+            if requests:
+                # The whole batch (read state, sign, insert) is one call on the connection's own
+                # thread: each aiosqlite call is a thread hop, which costs more than the SQL itself.
+                # `_execute` is how aiosqlite runs a function there; sqlite3 objects are bound to it.
+                written = await db._execute(self._append_sync, db._conn, requests)
             if also is not None:
                 await also(DecisionWriter(db), written)
         return written
 
-    async def _import_applies(self, current: Label | None, r: EmitRequest) -> bool:
+    def _append_sync(self, conn: sqlite3.Connection, requests: list[EmitRequest]) -> list[StoredLabel]:
+        """The labels of one batch, on aiosqlite's thread, inside the write transaction."""
+        now = datetime.now(UTC)
+        current = self._currents(conn, {(r.uri, r.val) for r in requests})
+        (head,) = conn.execute(_HEAD_SQL).fetchone()
+        src = self.src
+        clock = _Clock()
+        todo: list[tuple[int, Label]] = []
+        for r in requests:
+            cur = current.get((r.uri, r.val))
+            if r.cts is not None and not self._import_applies(conn, cur, r):
+                continue
+            if not _changes_state(cur, r, now):
+                continue
+            label = Label(src=src, uri=r.uri, val=r.val, cts=r.cts or clock.now(), cid=r.cid, neg=r.neg, exp=r.exp)
+            head += 1
+            current[(r.uri, r.val)] = label  # a repeat later in this batch is a no-op
+            todo.append((head, label))
+        written = self._sign(todo)
+        self._insert(conn, written)
+        return written
+
+    def _sign(self, todo: list[tuple[int, Label]]) -> list[StoredLabel]:
+        sign_bytes, did_key = self.key.sign_bytes, self.key.did_key
+        out = []
+        for seq, label in todo:
+            signed, cbor = label.signed(sign_bytes)
+            out.append(StoredLabel(seq, signed, did_key, cbor))
+        return out
+
+    def _insert(self, conn: sqlite3.Connection, written: list[StoredLabel]) -> None:
+        if not written:
+            return
+        src, did_key = self.src, self.key.did_key
+        # seq is given explicitly (head + 1, ...: we hold the write lock); AUTOINCREMENT still
+        # moves sqlite_sequence to the largest, so `head()` and `raise_seq_floor` keep working.
+        conn.executemany(
+            "INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(s.seq, src, s.label.uri, s.label.cid, s.label.val, int(s.label.neg), s.label.cts, s.label.exp,
+              s.label.sig, did_key, s.cbor) for s in written],
+        )
+        conn.executemany(
+            "INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
+            [(s.label.uri, s.label.val, src, s.seq) for s in written],
+        )
+
+    def _import_applies(self, conn: sqlite3.Connection, current: Label | None, r: EmitRequest) -> bool:
         """An imported label applies unless our latest label on (uri, val) is newer than it, or the
         log already holds this very label (imported before). Inside the write transaction."""
         if current is not None and parse_datetime(current.cts) > parse_datetime(r.cts):
             return False
-        async with self._writer.execute(
+        return conn.execute(
             "SELECT 1 FROM labels WHERE uri = ? AND val = ? AND neg = ? AND cts = ? AND src = ? LIMIT 1",
             (r.uri, r.val, int(r.neg), r.cts, self.src),
-        ) as cur:
-            return await cur.fetchone() is None
+        ).fetchone() is None
 
-    async def _currents(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
+    def _currents(self, conn: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
         """The latest label of this labeler for each (uri, val) in `keys` (inside the write transaction)."""
         out: dict[tuple[str, str], Label] = {}
         keys_list = list(keys)
@@ -206,23 +246,21 @@ class LabelLog:
             chunk = keys_list[i : i + 400]
             values = ", ".join("(?, ?)" for _ in chunk)
             params = [x for pair in chunk for x in pair]
-            async with self._writer.execute(
-                f"SELECT {cols} FROM label_state s JOIN labels l ON l.seq = s.seq"
-                f" WHERE s.src = ? AND (s.uri, s.val) IN (VALUES {values})",
-                (self.src, *params),
-            ) as cur:
-                for row in await cur.fetchall():
-                    stored = _row(row)
-                    out[(stored.label.uri, stored.label.val)] = stored.label
+            # CROSS JOIN keeps this order: a primary-key search per key. `(uri, val) IN (VALUES ...)`
+            # was planned as a scan of all of label_state, which made each batch slower as the log grew.
+            for row in conn.execute(
+                f"SELECT {cols} FROM (VALUES {values}) k CROSS JOIN label_state s"
+                " ON s.uri = k.column1 AND s.val = k.column2 AND s.src = ? CROSS JOIN labels l ON l.seq = s.seq",
+                (*params, self.src),
+            ):
+                stored = _row(row)
+                out[(stored.label.uri, stored.label.val)] = stored.label
         return out
 
     # -- reading -----------------------------------------------------------------------
     async def head(self) -> int:
         """The highest committed seq, or the seq floor an operator raised it to (0 when empty)."""
-        async with self._reader.execute(
-            "SELECT max(coalesce((SELECT seq FROM labels ORDER BY seq DESC LIMIT 1), 0),"
-            " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
-        ) as cur:
+        async with self._reader.execute(_HEAD_SQL) as cur:
             (head,) = await cur.fetchone()
         return head
 
@@ -340,6 +378,20 @@ class LabelLog:
             params.append(upper)
         async with self._reader.execute(sql + " AND s.src = ? ORDER BY s.uri, s.seq", (*params, self.src)) as cur:
             return [_row(r) for r in await cur.fetchall()]
+
+
+class _Clock:
+    """now_iso() for each label of a batch, rendered once per millisecond: strftime per label was ~5 µs."""
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._text = ""
+
+    def now(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        if ms != self._ms:
+            self._ms, self._text = ms, now_iso()
+        return self._text
 
 
 def _changes_state(current: Label | None, r: EmitRequest, now: datetime) -> bool:

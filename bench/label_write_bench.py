@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Label write rate: firehose-mod's `LabelLog.emit_many` / `emit` vs @skyware/labeler's createLabels.
+
+Usage (see bench/LABEL_WRITES.md for the runs and what they found):
+
+    python3 bench/label_write_bench.py batched --to 5000000            # 1,000 per emit_many, rate per 100k step
+    python3 bench/label_write_bench.py single --to 20000 --step 5000   # emit() one at a time from an empty log
+    python3 bench/label_write_bench.py single --db DB --count 2000     # 2,000 emit()s on an existing (large) log
+    python3 bench/label_write_bench.py skyware --to 100000 --step 10000
+    python3 bench/label_write_bench.py import --n 1000000              # `firehose-mod import --from URL`
+
+Every mode writes one JSON line per step to stdout and the whole run to <--work>/<mode>-<tag>-<UTC>.json
+(--work: bench/results/label_writes, where the databases go too).
+
+- `batched` and `single` call the daemon's own write path: `LabelLog.open(..., busy_wait=None)`
+  (no operator pause after commits), `synchronous=FULL` (the default: each commit is durable), a
+  signed label per request, label_state kept, and for `batched` the `also=` callback writing one
+  decision per label in the same transaction, as the scan engine does. Logging is configured at
+  `--log-level` (default warning, JSON to /dev/null). The labels are the set `populate_ours.py`
+  and skyware's `populate.mjs` generate (uri at://did:plc:bench<account>/app.bsky.feed.post/3l<i>,
+  25,000 accounts, 8 values), so consecutive labels hit random places of the uri indexes.
+- Each step reports wall-clock labels/s and labels per CPU-second of this process (the machine
+  is shared: CPU time is the steadier figure when something else runs).
+- `skyware` runs `LabelerServer#createLabels({uri}, {create: [val]})` one label at a time in node,
+  on a fresh database (@skyware/labeler 0.2.0 from bench/skyware, `bash bench/skyware/install.sh`).
+- `import` populates a source data directory with `--n` labels (emit_many, NORMAL: it is only the
+  source), serves it with `firehose-mod serve`, and times `firehose-mod import --from URL
+  --no-verify` into an empty data directory, the operator command as an operator runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+from firehose_mod.labels.signing import SigningKey
+from firehose_mod.logs import configure_logging
+from firehose_mod.store.decisions import DecisionRow
+from firehose_mod.store.label_log import EmitRequest, LabelLog
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SKYWARE = HERE / "skyware"
+VALS = ["spam", "porn", "sexual", "nudity", "gore", "!hide", "!warn", "rude"]
+B32 = "abcdefghijklmnopqrstuvwxyz234567"
+ACCOUNTS = 25000
+DID = "did:plc:oursbenchlabelerzzzzzzzz"
+
+
+def b32(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(B32[n % 32])
+        n //= 32
+    return "".join(reversed(out))
+
+
+def gen_label(i: int) -> tuple[str, str]:
+    """(uri, val) of label i: the same set as populate_ours.py and skyware/populate.mjs."""
+    return f"at://did:plc:bench{b32(i % ACCOUNTS, 19)}/app.bsky.feed.post/3l{b32(i, 11)}", VALS[i % len(VALS)]
+
+
+def fresh(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def emit(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+
+
+async def _record(decisions, written) -> None:
+    """One decision per label, as the scan engine's `also=` writes them."""
+    await decisions.write([
+        DecisionRow(s.label.uri, s.label.cid, "label", s.label.val, origin="policy", rule="bench",
+                    policy_version="bench", scanners={"bench": "1"},
+                    evidence=[{"scanner": "bench", "kind": "bench", "score": 1.0}], label_seq=s.seq)
+        for s in written
+    ])
+
+
+async def _open(db: Path, pragmas: list[str]) -> LabelLog:
+    log = await LabelLog.open(db, SigningKey.generate(), DID, synchronous="FULL", busy_wait=None)
+    for p in pragmas:  # for A/B runs only
+        await log._writer.execute(f"PRAGMA {p}")
+    return log
+
+
+async def batched(a: argparse.Namespace) -> list[dict]:
+    db = Path(a.db)
+    if not a.resume:
+        fresh(db)
+    log = await _open(db, a.pragma)
+    rows = []
+    try:
+        n = await log.count()
+        also = _record if a.decisions else None
+        while n < a.to:
+            t0, c0 = time.perf_counter(), cpu()
+            end = min(a.to, n + a.step)
+            for lo in range(n, end, a.batch):
+                requests = [EmitRequest(*gen_label(i)) for i in range(lo, min(end, lo + a.batch))]
+                await log.emit_many(requests, also=also)
+            dt, dc = time.perf_counter() - t0, cpu() - c0
+            row = {"mode": "batched", "at": n, "labels": end - n, "seconds": round(dt, 2),
+                   "labels_per_s": round((end - n) / dt), "labels_per_cpu_s": round((end - n) / dc),
+                   "db_mb": round(db.stat().st_size / 1e6)}
+            emit(row)
+            rows.append(row)
+            n = end
+        if await log.head() != n:
+            raise SystemExit(f"head {await log.head()} != {n}")
+    finally:
+        await log.close()
+    return rows
+
+
+async def single(a: argparse.Namespace) -> list[dict]:
+    db = Path(a.db)
+    if a.count is None:
+        fresh(db)
+    log = await _open(db, a.pragma)
+    rows = []
+    try:
+        n = await log.count()
+        steps = [(n, a.count)] if a.count is not None else [(k, a.step) for k in range(0, a.to, a.step)]
+        for at, count in steps:
+            t0, c0 = time.perf_counter(), cpu()
+            for i in range(count):
+                # new subjects past anything `batched` wrote, so each emit writes a label
+                await log.emit(*gen_label(10_000_000 + at + i))
+            dt, dc = time.perf_counter() - t0, cpu() - c0
+            row = {"mode": "single", "at": at, "labels": count, "seconds": round(dt, 2),
+                   "labels_per_s": round(count / dt), "labels_per_cpu_s": round(count / dc),
+                   "ms_per_emit": round(dt / count * 1000, 3)}
+            emit(row)
+            rows.append(row)
+    finally:
+        await log.close()
+    return rows
+
+
+SKYWARE_JS = r"""
+import { LabelerServer } from "@skyware/labeler";
+const [dbPath, to, step] = process.argv.slice(2).map((x, k) => (k ? Number(x) : x));
+const VALS = ["spam", "porn", "sexual", "nudity", "gore", "!hide", "!warn", "rude"];
+const B32 = "abcdefghijklmnopqrstuvwxyz234567";
+const b32 = (n, w) => { let s = ""; for (let k = 0; k < w; k++) { s = B32[n % 32] + s; n = Math.floor(n / 32); } return s; };
+const server = new LabelerServer({ did: "did:plc:skywarebenchlabeler0000", signingKey: process.env.SKYWARE_SIGNING_KEY, dbPath });
+await server.dbInitLock;
+for (let n = 0; n < to; n += step) {
+  const t0 = performance.now(), c0 = process.cpuUsage();
+  for (let i = n; i < n + step; i++) {
+    const uri = `at://did:plc:bench${b32(i % 25000, 19)}/app.bsky.feed.post/3l${b32(i, 11)}`;
+    await server.createLabels({ uri }, { create: [VALS[i % 8]] });
+  }
+  const dt = (performance.now() - t0) / 1000, c = process.cpuUsage(c0), dc = (c.user + c.system) / 1e6;
+  console.log(JSON.stringify({ mode: "skyware", at: n, labels: step, seconds: +dt.toFixed(2),
+    labels_per_s: Math.round(step / dt), labels_per_cpu_s: Math.round(step / dc) }));
+}
+server.db.close();
+process.exit(0);
+"""
+
+
+def skyware(a: argparse.Namespace) -> list[dict]:
+    db = Path(a.db)
+    fresh(db)
+    env = {**os.environ, "SKYWARE_SIGNING_KEY": secrets.token_hex(32)}
+    script = SKYWARE / "write_bench.tmp.mjs"  # inside bench/skyware so that node finds its node_modules
+    script.write_text(SKYWARE_JS)
+    rows = []
+    try:
+        proc = subprocess.Popen(["node", str(script), str(db), str(a.to), str(a.step)], cwd=SKYWARE, env=env,
+                                stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            row = json.loads(line)
+            emit(row)
+            rows.append(row)
+        if proc.wait():
+            raise SystemExit(f"skyware run failed: exit {proc.returncode}")
+    finally:
+        script.unlink(missing_ok=True)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_env(data_dir: Path, port: int | None = None) -> dict:
+    env = {**os.environ, "FIREHOSE_MOD_DATA_DIR": str(data_dir), "FIREHOSE_MOD_DID": DID,
+           "FIREHOSE_MOD_LOG_LEVEL": "warning"}
+    if port is not None:
+        env["FIREHOSE_MOD_PORT"] = str(port)
+    return env
+
+
+async def _populate_source(data_dir: Path, n: int) -> None:
+    from firehose_mod.config import load_settings
+    from firehose_mod.daemon import open_label_log
+
+    settings = load_settings(env={}, data_dir=data_dir, did=DID, db_synchronous="NORMAL", log_level="warning")
+    async with open_label_log(settings, daemon=True) as log:
+        for lo in range(await log.count(), n, 1000):
+            await log.emit_many([EmitRequest(*gen_label(i)) for i in range(lo, min(n, lo + 1000))])
+
+
+def import_run(a: argparse.Namespace) -> list[dict]:
+    source, target = Path(a.work) / f"import-source-{a.n}", Path(a.work) / "import-target"
+    marker = source / "populated.n"
+    if not (marker.exists() and marker.read_text() == str(a.n)):
+        shutil.rmtree(source, ignore_errors=True)
+        t0 = time.perf_counter()
+        anyio.run(_populate_source, source, a.n)
+        marker.write_text(str(a.n))
+        emit({"mode": "import-source", "labels": a.n, "seconds": round(time.perf_counter() - t0, 1)})
+    shutil.rmtree(target, ignore_errors=True)
+    port = _free_port()
+    with open(Path(a.work) / "import-serve.log", "w") as serve_log:
+        server = subprocess.Popen([sys.executable, "-m", "firehose_mod", "serve"], env=_cli_env(source, port),
+                                  stdout=subprocess.DEVNULL, stderr=serve_log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("firehose-mod serve did not start: see import-serve.log") from None
+                time.sleep(0.2)
+        cmd = [sys.executable, "-m", "firehose_mod", "import", "--from", f"http://127.0.0.1:{port}", "--no-verify",
+               "--json", *(["--stream"] if a.stream else [])]
+        t0, c0 = time.perf_counter(), os.times()
+        out = subprocess.run(cmd, env=_cli_env(target), capture_output=True, text=True, check=False)
+        dt = time.perf_counter() - t0
+        c1 = os.times()
+        if out.returncode:
+            raise SystemExit(f"import failed ({out.returncode}): {out.stderr[-2000:]}")
+        report = json.loads(out.stdout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    row = {"mode": "import", "labels": a.n, "via": "stream" if a.stream else "query", "seconds": round(dt, 1),
+           "labels_per_s": round(a.n / dt), "import_cpu_s": round(c1.children_user + c1.children_system
+                                                                - c0.children_user - c0.children_system, 1),
+           "written": report.get("written"), "read": report.get("read")}
+    emit(row)
+    return [row]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["batched", "single", "skyware", "import"])
+    ap.add_argument("--to", type=int, default=5_000_000, help="write labels until the log holds this many")
+    ap.add_argument("--step", type=int, default=100_000, help="report the rate every this many labels")
+    ap.add_argument("--batch", type=int, default=1000, help="labels per emit_many")
+    ap.add_argument("--count", type=int, help="single: this many emit()s on the existing --db instead of 0..--to")
+    ap.add_argument("--n", type=int, default=1_000_000, help="import: labels in the source")
+    ap.add_argument("--stream", action="store_true", help="import: read the source's subscribeLabels, not queryLabels")
+    ap.add_argument("--db", default=None, help="database file (default under --work)")
+    ap.add_argument("--work", default=str(RESULTS / "label_writes"), help="where databases go")
+    ap.add_argument("--resume", action="store_true", help="batched: go on from the labels already in --db")
+    ap.add_argument("--no-decisions", dest="decisions", action="store_false",
+                    help="batched: no also= callback (labels only)")
+    ap.add_argument("--pragma", action="append", default=[], help="an extra PRAGMA on the writer (A/B runs)")
+    ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--tag", default="", help="a name for this run in the results file")
+    a = ap.parse_args(argv)
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    a.db = a.db or str(Path(a.work) / f"{a.mode}.db")
+    if a.mode in ("batched", "single"):  # the log lines go nowhere (rendered all the same); errors still show
+        stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
+        configure_logging(a.log_level, "json")
+        sys.stderr = stderr
+    else:
+        configure_logging(a.log_level, "json")
+    if a.mode == "skyware":
+        rows = skyware(a)
+    elif a.mode == "import":
+        rows = import_run(a)
+    else:
+        rows = anyio.run(batched if a.mode == "batched" else single, a)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(a.work) / f"{a.mode}{'-' + a.tag if a.tag else ''}-{stamp}.json"
+    out.write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

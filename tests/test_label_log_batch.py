@@ -1,0 +1,177 @@
+"""Batched label writes (issue 19): one thread hop per batch, explicit seqs, the same rules as one at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from firehose_mod.labels import verify_label
+from firehose_mod.store import EmitRequest, LabelLog
+from firehose_mod.store.decisions import DecisionRow
+from tests.conftest import Running, uri
+from tests.stream_client import Received, collect, subscribe
+
+pytestmark = pytest.mark.anyio
+
+
+def _rows(log: LabelLog, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(log._path) as db:
+        return db.execute(sql, params).fetchall()
+
+
+async def test_a_batch_takes_consecutive_seqs_and_moves_sqlite_sequence(label_log: LabelLog):
+    await label_log.emit(uri(0), "porn")
+    written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 1001)])
+    assert [s.seq for s in written] == list(range(2, 1002))
+    assert await label_log.head() == 1001
+    assert _rows(label_log, "SELECT seq FROM sqlite_sequence WHERE name = 'labels'") == [(1001,)]
+    assert all(verify_label(label_log.key.did_key, s.label) for s in written[:: 97])
+    assert _rows(label_log, "SELECT count(*), min(seq), max(seq) FROM label_state") == [(1001, 1, 1001)]
+    # what the stream reads is what the writer handed its listeners
+    assert await label_log.cbor_after(1, 1000) == [(s.seq, s.cbor) for s in written[:1000]]
+
+
+async def test_a_batch_after_a_raised_seq_floor_starts_above_it(label_log: LabelLog):
+    await label_log.emit(uri(0), "porn")
+    await label_log.raise_seq_floor(5000)
+    written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 4)])
+    assert [s.seq for s in written] == [5001, 5002, 5003]
+    assert await label_log.head() == 5003
+
+
+async def test_a_batch_follows_the_rules_in_request_order(label_log: LabelLog):
+    await label_log.emit(uri(1), "porn")
+    written = await label_log.emit_many([
+        EmitRequest(uri(1), "porn"),              # in force: no-op
+        EmitRequest(uri(2), "porn"),              # new
+        EmitRequest(uri(2), "porn"),              # repeat within the batch: no-op
+        EmitRequest(uri(2), "porn", neg=True),    # negates the label written just above
+        EmitRequest(uri(3), "porn", neg=True),    # nothing in force: no negation
+        EmitRequest(uri(1), "porn", neg=True),
+        EmitRequest(uri(1), "porn"),              # relabel after the negation
+    ])
+    assert [(s.label.uri, s.label.neg) for s in written] == [
+        (uri(2), False), (uri(2), True), (uri(1), True), (uri(1), False)]
+    assert [s.seq for s in written] == [2, 3, 4, 5]
+    assert [x.val for x in await label_log.in_force(uri(1))] == ["porn"]
+    assert await label_log.in_force(uri(2)) == []
+    assert _rows(label_log, "SELECT uri, seq FROM label_state ORDER BY seq") == [(uri(2), 3), (uri(1), 5)]
+
+
+async def test_an_import_batch_skips_what_the_log_already_holds(label_log: LabelLog):
+    reqs = [EmitRequest(uri(i), "porn", cts=f"2024-01-01T00:00:0{i}.000Z") for i in range(5)]
+    assert len(await label_log.emit_many(reqs)) == 5
+    await label_log.emit(uri(0), "porn", neg=True)  # ours, newer than the imported label
+    again = await label_log.emit_many(reqs)
+    assert again == []  # held already, or older than our own latest word on (uri, val)
+    assert [s.label.cts for s in await label_log.history(uri(1))] == ["2024-01-01T00:00:01.000Z"]
+
+
+async def test_a_failing_also_rolls_back_the_whole_batch(label_log: LabelLog):
+    await label_log.emit(uri(0), "porn")
+
+    async def also(decisions, written) -> None:
+        await decisions.write([DecisionRow(s.label.uri, None, "label", s.label.val, "policy", label_seq=s.seq)
+                               for s in written])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 300)], also=also)
+    assert await label_log.head() == 1
+    assert _rows(label_log, "SELECT count(*) FROM label_state") == [(1,)]
+    assert _rows(label_log, "SELECT count(*) FROM decisions") == [(0,)]
+    written = await label_log.emit_many([EmitRequest(uri(1), "porn")])
+    assert written[0].seq == 2
+
+
+async def test_decisions_of_a_batch_commit_with_it_in_order(label_log: LabelLog):
+    async def also(decisions, written) -> None:
+        await decisions.write([DecisionRow(s.label.uri, None, "label", s.label.val, "policy", label_seq=s.seq,
+                                           scanners={"text": "1"}) for s in written])
+
+    await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(500)], also=also)
+    rows = _rows(label_log, "SELECT label_seq, scanners FROM decisions ORDER BY id")
+    assert rows == [(seq, '{"text": "1"}') for seq in range(1, 501)]
+
+
+async def test_small_writes_log_each_label_large_ones_a_summary(label_log: LabelLog):
+    with capture_logs() as logs:
+        await label_log.emit(uri(0), "porn")
+        await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 501)])
+    events = [e["event"] for e in logs if e["event"].startswith("label")]
+    assert events == ["label.written", "labels.written"]
+    summary = next(e for e in logs if e["event"] == "labels.written")
+    assert (summary["count"], summary["first_seq"], summary["last_seq"]) == (500, 2, 501)
+
+
+async def test_the_state_lookup_searches_label_state_by_key(label_log: LabelLog):
+    """Issue 19: `(uri, val) IN (VALUES ...)` was planned as a scan of label_state, so each batch got
+    slower as the log grew. The lookup must search the primary key."""
+    await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(50)])
+    captured: list[str] = []
+    conn = sqlite3.connect(label_log._path)
+    conn.set_trace_callback(captured.append)
+    try:
+        label_log._currents(conn, {(uri(1), "porn"), (uri(2), "porn")})
+        plan = conn.execute("EXPLAIN QUERY PLAN " + captured[-1]).fetchall()
+    finally:
+        conn.close()
+    details = [row[-1] for row in plan]
+    assert "SEARCH s USING PRIMARY KEY (uri=? AND val=? AND src=?)" in details, details
+    assert not any(d.startswith("SCAN s") for d in details), details
+
+
+# -- the live stream while a large batch is written ---------------------------------------------
+
+N = 100_000
+
+
+async def _live_subscriber(running: Running):
+    ws = await subscribe(running.ws_base)
+    with anyio.fail_after(10):
+        while not any(s.state == "live" for s in running.server.feed.subscribers.values()):
+            await anyio.sleep(0.01)
+    return ws
+
+
+async def test_a_live_subscriber_sees_a_100k_label_batch_once_and_in_order(running: Running):
+    await running.log.emit(uri(10_000_000), "porn")  # something before: the subscriber is live-only
+    ws = await _live_subscriber(running)
+    try:
+        got = Received()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: collect(ws, got, count=N, timeout=300))
+            written = await running.log.emit_many([EmitRequest(uri(i), "porn") for i in range(N)])
+        assert len(written) == N
+        assert got.seqs == list(range(2, N + 2))
+        assert [lab.uri for lab in got.labels] == [uri(i) for i in range(N)]
+    finally:
+        await ws.close()
+
+
+async def test_subscribers_see_every_label_once_while_batches_are_written(running: Running):
+    """A live subscriber from the start, and one that connects with cursor=0 half-way through
+    (backfill, then live) while 1,000-label batches keep committing."""
+    live = await _live_subscriber(running)
+    got_live, got_late = Received(), Received()
+
+    async def late() -> None:
+        while await running.log.head() < N // 2:
+            await anyio.sleep(0.01)
+        async with subscribe(running.ws_base, 0) as ws:
+            await collect(ws, got_late, count=N, timeout=300)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: collect(live, got_live, count=N, timeout=300))
+            tg.start_soon(late)
+            for lo in range(0, N, 1000):
+                await running.log.emit_many([EmitRequest(uri(i), "porn") for i in range(lo, lo + 1000)])
+        for got in (got_live, got_late):
+            assert got.seqs == list(range(1, N + 1))
+            assert [lab.uri for lab in got.labels[:: 997]] == [uri(i) for i in range(0, N, 997)]
+    finally:
+        await live.close()
