@@ -145,23 +145,14 @@ class LabelLog:
         `also(decisions, written)` runs inside the same transaction, after the labels are inserted,
         so the decisions behind the labels (written through `decisions`) commit with them.
         """
-        requests = list(requests)
-        for r in requests:
-            validate_label_fields(r.uri, r.val, r.cid, r.exp)
-            if r.cts is not None:
-                parse_datetime(r.cts)
+        requests = checked(requests)
         async with self._write_lock:
             started = time.monotonic()
             written = await self._append(requests, also)
             if self.yield_to_daemon:
                 await anyio.sleep(min(1.0, time.monotonic() - started))
         if written:
-            if len(written) <= _LOG_EACH_UP_TO:
-                for s in written:
-                    log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
-            else:  # a line per label costs more than writing the label (issue 19)
-                log.info("labels.written", count=len(written), first_seq=written[0].seq, last_seq=written[-1].seq,
-                         negations=sum(s.label.neg for s in written))
+            log_written(written)
             for listener in self._listeners:
                 listener(written)
         return written
@@ -392,6 +383,27 @@ class _Clock:
         if ms != self._ms:
             self._ms, self._text = ms, now_iso()
         return self._text
+
+
+def checked(requests: Iterable[EmitRequest]) -> list[EmitRequest]:
+    """The requests of one emit_many, each checked against the lexicon before anything is written."""
+    requests = list(requests)
+    for r in requests:
+        validate_label_fields(r.uri, r.val, r.cid, r.exp)
+        if r.cts is not None:
+            parse_datetime(r.cts)
+    return requests
+
+
+def log_written(written: list[StoredLabel]) -> None:
+    """A `label.written` line per label of a small commit, one `labels.written` summary for a large
+    one: a line per label costs more than writing the label (issue 19)."""
+    if len(written) <= _LOG_EACH_UP_TO:
+        for s in written:
+            log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
+    else:
+        log.info("labels.written", count=len(written), first_seq=written[0].seq, last_seq=written[-1].seq,
+                 negations=sum(s.label.neg for s in written))
 
 
 def _changes_state(current: Label | None, r: EmitRequest, now: datetime) -> bool:

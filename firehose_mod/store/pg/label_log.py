@@ -26,10 +26,10 @@ import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
+from firehose_mod.labels.model import Label, now_iso, parse_datetime
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import DatabaseBusy
-from firehose_mod.store.label_log import EmitRequest, StoredLabel, _changes_state
+from firehose_mod.store.label_log import EmitRequest, StoredLabel, _changes_state, checked, log_written
 from firehose_mod.store.pg.commits import CHANNEL, CommitListeners
 from firehose_mod.store.pg.decisions import PgDecisionWriter
 from firehose_mod.store.pg.schema import WRITE_LOCK, migrate
@@ -192,20 +192,11 @@ class PgLabelLog:
         `also(decisions, written)` runs inside the same transaction, after the labels are inserted,
         with a `PgDecisionWriter` (decision rows only, for now).
         """
-        requests = list(requests)
-        for r in requests:
-            validate_label_fields(r.uri, r.val, r.cid, r.exp)
-            if r.cts is not None:
-                parse_datetime(r.cts)
+        requests = checked(requests)
         async with self._write_lock:
             written = await self._append(requests, also)
         if written:
-            if len(written) <= 10:
-                for s in written:
-                    log.info("label.written", seq=s.seq, uri=s.label.uri, val=s.label.val, neg=s.label.neg)
-            else:  # a line per label costs more than writing it (as in store/label_log.py)
-                log.info("labels.written", count=len(written), first_seq=written[0].seq, last_seq=written[-1].seq,
-                         negations=sum(s.label.neg for s in written))
+            log_written(written)
             await self._commits.committed(written)
         return written
 
