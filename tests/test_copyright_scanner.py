@@ -94,6 +94,7 @@ async def test_reupload_of_an_indexed_upload_is_found_and_own_uri_is_not(tmp_pat
     ev = finding.evidence
     assert ev["ref"] == ORIGINAL and ev["ref_kind"] == "upload" and ev["title"] == "t"
     assert ev["seconds_matched"] > 25 and ev["chromaprint_duplicate"] is True
+    assert ev["edit"] == "none" and ev["time_scale"] == pytest.approx(1, abs=0.01) and ev["pitch_bands"] >= 8
     assert 0 < finding.score <= 1
 
     # The index survives a restart: rebuilt from SQLite, the copy is still found.

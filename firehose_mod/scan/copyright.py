@@ -23,8 +23,8 @@ import structlog
 
 from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding, IndexUpload, ScanContext, Track
 from firehose_mod.scan.fingerprint import (
-    FINGERPRINT_VERSION, AudioAnalysis, DecodeError, Entries, FingerprintIndex, Match, analyse_file,
-    index_entries, is_duplicate, sha256_file,
+    FINGERPRINT_VERSION, LONG_PARAMS, AudioAnalysis, DecodeError, Entries, FingerprintIndex, Match,
+    analyse_file, describe_edit, index_entries, is_duplicate, sha256_file,
 )
 from firehose_mod.store.catalogue import CatalogueStore
 
@@ -58,7 +58,7 @@ class CopyrightScanner:
     upload (so a later copy of it is found) is an `IndexUpload` effect the engine performs."""
 
     name = "copyright"
-    version = f"1+{FINGERPRINT_VERSION}"
+    version = f"2+{FINGERPRINT_VERSION}"  # 2: nightcore, slowed, tempo and pitch edits searched
     kinds = frozenset({"copyright-match", MEDIA_UNAVAILABLE})
     values = frozenset({"copyright-violation"})
     after_local = False
@@ -73,7 +73,7 @@ class CopyrightScanner:
         if path is None:
             return []
         try:
-            analysis: AudioAnalysis = await ctx.run_cpu(analyse_file, str(path))
+            analysis: AudioAnalysis = await ctx.run_cpu(analyse_file, str(path), LONG_PARAMS)
         except DecodeError as exc:  # user input: a finding-free scan, never a crash
             log.info("copyright.undecodable", uri=track.uri, error=str(exc)[:300])
             return []
@@ -108,6 +108,8 @@ class CopyrightScanner:
                 "query_start": m.query_start, "query_end": m.query_end,
                 "ref_start": m.ref_start, "ref_end": m.ref_end,
                 "time_scale": m.time_scale, "pitch_shift": m.pitch_shift_semitones,
+                "edit": describe_edit(m.time_scale, m.pitch_shift_semitones), "pitch_bands": m.pitch_bands,
+                "jitter_ms": m.jitter_ms,
                 "chromaprint_duplicate": duplicate, "fingerprint": FINGERPRINT_VERSION,
             },
         )
@@ -200,7 +202,7 @@ async def _import_one(path: Path, store: CatalogueStore, index: FingerprintIndex
         if known is not None:
             report.skipped.append((str(path), f"already imported as {known.ref}"))
             return "skipped"
-        analysis: AudioAnalysis = await run_cpu(partial(analyse_file, str(path), tags=True))
+        analysis: AudioAnalysis = await run_cpu(partial(analyse_file, str(path), LONG_PARAMS, tags=True))
     except (DecodeError, OSError) as exc:
         report.failed.append((str(path), str(exc)[:300]))
         return "failed"

@@ -5,14 +5,16 @@ from firehose_mod.scan.fingerprint.chromaprint import (
     ChromaprintError, bit_error_rate, chromaprint_file, is_duplicate,
 )
 from firehose_mod.scan.fingerprint.extract import (
-    DEFAULT_PARAMS, FINGERPRINT_VERSION, DecodeError, Fingerprint, FingerprintParams, fingerprint_file,
-    fingerprint_samples,
+    DEFAULT_PARAMS, FINGERPRINT_VERSION, LONG_PARAMS, DecodeError, Fingerprint, FingerprintParams,
+    fingerprint_file, fingerprint_samples,
 )
-from firehose_mod.scan.fingerprint.index import Entries, FingerprintIndex, Match, MatchParams, index_entries
+from firehose_mod.scan.fingerprint.index import (
+    Entries, FingerprintIndex, Match, MatchParams, describe_edit, index_entries,
+)
 
 __all__ = [
-    "DEFAULT_PARAMS", "FINGERPRINT_VERSION", "AudioAnalysis", "ChromaprintError", "DecodeError", "Entries",
+    "DEFAULT_PARAMS", "FINGERPRINT_VERSION", "LONG_PARAMS", "AudioAnalysis", "ChromaprintError", "DecodeError", "Entries",
     "Fingerprint", "FingerprintIndex", "FingerprintParams", "Match", "MatchParams", "analyse_file",
-    "bit_error_rate", "chromaprint_file", "fingerprint_file", "fingerprint_samples", "index_entries",
+    "bit_error_rate", "chromaprint_file", "describe_edit", "fingerprint_file", "fingerprint_samples", "index_entries",
     "is_duplicate", "sha256_file",
 ]

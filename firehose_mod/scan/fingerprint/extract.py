@@ -65,7 +65,7 @@ class FingerprintParams:
     min_gap_s: float = 0.04
     max_span_s: float = 1.2
     max_interval_semitones: float = 12.0
-    max_seconds: float = 900.0  # decode at most this much of a file
+    max_seconds: float = 900.0  # decode at most this much of a file (the scanner uses LONG_PARAMS)
 
     @property
     def frame_rate(self) -> float:
@@ -73,6 +73,10 @@ class FingerprintParams:
 
 
 DEFAULT_PARAMS = FingerprintParams()
+# What the copyright scanner and the catalogue import read: a whole DJ set or a long stream, up to
+# 4 hours. The fingerprint is the same as DEFAULT_PARAMS' (the cap is not part of the format), and a
+# long file is analysed in blocks and looked up in windows, so memory does not grow with its length.
+LONG_PARAMS = FingerprintParams(max_seconds=4 * 3600.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,12 @@ class Fingerprint:
 
     def __len__(self) -> int:
         return int(self.t.size)
+
+    def window(self, start: float, end: float) -> Fingerprint:
+        """The triplets anchored in [start, end) s, times unchanged (a long upload is queried piecewise)."""
+        lo, hi = np.searchsorted(self.t, [start, end])  # triplets are sorted by anchor time
+        return Fingerprint(self.duration, self.t[lo:hi], self.f[lo:hi], self.d1[lo:hi], self.d2[lo:hi],
+                           self.r[lo:hi], self.span[lo:hi], self.peaks, self.version)
 
 
 # Demuxers of audio containers that read one file. Not hls, concat, dash, imf, image2...:
@@ -271,17 +281,20 @@ def log_spectrogram(x: np.ndarray, params: FingerprintParams) -> tuple[np.ndarra
 
 
 def _max_filter(a: np.ndarray, radius: int, axis: int, *, before: bool = True, after: bool = True) -> np.ndarray:
-    """Running maximum over +/- radius along `axis` (edges padded with -inf)."""
+    """Running maximum over +/- radius along `axis` (what lies past the edges does not count)."""
     out = a.copy()
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (radius, radius)
-    p = np.pad(a, pad, constant_values=-np.inf)
     length = a.shape[axis]
-    for k in range(1, radius + 1):
-        if after:
-            np.maximum(out, np.take(p, np.arange(radius + k, radius + k + length), axis=axis), out=out)
-        if before:
-            np.maximum(out, np.take(p, np.arange(radius - k, radius - k + length), axis=axis), out=out)
+
+    def part(lo: int, hi: int) -> tuple:  # index of [lo, hi) along `axis`: views, no padding or copies
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(lo, hi)
+        return tuple(index)
+
+    for k in range(1, min(radius, length - 1) + 1):
+        if after:  # out[i] takes a[i + k]
+            np.maximum(out[part(0, length - k)], a[part(k, length)], out=out[part(0, length - k)])
+        if before:  # out[i] takes a[i - k]
+            np.maximum(out[part(k, length)], a[part(0, length - k)], out=out[part(k, length)])
     return out
 
 

@@ -61,47 +61,54 @@ def hash_keys(fp: Fingerprint) -> np.ndarray:
     return _pack([np.floor(c).astype(np.int64) for c in _components(fp)])
 
 
-def probe_keys(fp: Fingerprint, margins: ProbeMargins = ProbeMargins()) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, triplet index) to look up: each triplet's own key plus its near-edge neighbours."""
+def probe_keys(fp: Fingerprint, margins: ProbeMargins = ProbeMargins(), *,
+               scales: tuple[float, float] = (1.0, 1.0),
+               shifts: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, triplet index) to look up: each triplet's own key plus its near-edge neighbours.
+
+    `scales` (query seconds per reference second) and `shifts` (query minus reference pitch,
+    semitones) are the edits searched: the span and anchor-band fields then probe every
+    bucket a reference triplet could sit in under any edit in that range (a speed-up of 1.3x
+    moves the span 0.95 of a bucket and the band 0.8 of one), so one pass finds all of them.
+    """
     comps = _components(fp)
     ms = (margins.interval, margins.interval, margins.ratio, margins.span, margins.band)
-    base, alt = [], []
-    for c, m, bits in zip(comps, ms, _BITS):
+    # How far each field's reference value may sit from the query's, in buckets: (below, above).
+    reach = [(0.0, 0.0)] * 3 + [
+        (np.log2(scales[1]) / _S_STEP, -np.log2(scales[0]) / _S_STEP),  # ref span = query span / scale
+        (shifts[1] / _F_STEP, -shifts[0] / _F_STEP),  # ref pitch = query pitch - shift
+    ]
+    shifts_bits = np.cumsum((0,) + _BITS[:0:-1])[::-1]
+    options = []  # per field: [(share of the packed key, rows for which that bucket is probed)]
+    for c, m, bits, sh, (below, above) in zip(comps, ms, _BITS, shifts_bits, reach):
+        lo = np.floor(c - below - m).astype(np.int64)
+        hi = np.floor(c + above + m).astype(np.int64)
         q = np.floor(c).astype(np.int64)
-        frac = c - q
-        a = np.where(frac < m, q - 1, np.where(frac > 1 - m, q + 1, -1))
-        a[a >= 1 << bits] = -1  # past the last bucket: clipping would probe the same key twice
-        base.append(q)
-        alt.append(a)
-    # Each field's share of the packed key, for its own bucket and its neighbour: a probe
-    # key is the OR of one share per field (the same keys `_pack` gives, without re-packing).
-    shifts = np.cumsum((0,) + _BITS[:0:-1])[::-1]
-    base_c = [np.clip(q, 0, (1 << bits) - 1).astype(np.uint32) << np.uint32(sh)
-              for q, bits, sh in zip(base, _BITS, shifts)]
-    alt_c = [np.clip(a, 0, (1 << bits) - 1).astype(np.uint32) << np.uint32(sh)
-             for a, bits, sh in zip(alt, _BITS, shifts)]
-    has_alt = [a >= 0 for a in alt]
-    n = len(comps)
+        top = (1 << bits) - 1
+        lo, hi = np.clip(lo, 0, top), np.clip(hi, 0, top)
+        q_c = np.clip(q, 0, top)
+        lo, hi = np.minimum(lo, q_c), np.maximum(hi, q_c)  # out-of-range values clip onto the edge bucket
+        field = []
+        for d in range(int((lo - q_c).min(initial=0)), int((hi - q_c).max(initial=0)) + 1):
+            b = q_c + d
+            ok = (b >= lo) & (b <= hi)
+            if ok.any():
+                field.append((np.clip(b, 0, top).astype(np.uint32) << np.uint32(sh), None if ok.all() else ok))
+        options.append(field)
+    n = fp.t.size
     keys, idx = [], []
-    for combo in range(1 << n):
-        fields = [i for i in range(n) if combo >> i & 1]
-        if fields:
-            sel = has_alt[fields[0]]
-            for i in fields[1:]:
-                sel = sel & has_alt[i]
-            rows = np.nonzero(sel)[0]
-            if not rows.size:
-                continue
-            key = (alt_c if 0 in fields else base_c)[0][rows]
-            for i in range(1, n):
-                key |= (alt_c if i in fields else base_c)[i][rows]
-        else:
-            rows = np.arange(fp.t.size)
-            if not rows.size:
-                continue
-            key = base_c[0].copy()
-            for i in range(1, n):
-                key |= base_c[i]
+    for combo in np.ndindex(*(len(o) for o in options)):
+        sel = None
+        for i, k in enumerate(combo):
+            ok = options[i][k][1]
+            if ok is not None:
+                sel = ok if sel is None else sel & ok
+        rows = np.arange(n) if sel is None else np.nonzero(sel)[0]
+        if not rows.size:
+            continue
+        key = options[0][combo[0]][0][rows]
+        for i in range(1, len(options)):
+            key |= options[i][combo[i]][0][rows]
         keys.append(key)
         idx.append(rows)
     if not keys:

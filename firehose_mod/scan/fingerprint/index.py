@@ -2,18 +2,22 @@
 
 Lookup is `searchsorted` over sorted keys; new references go to small sorted blocks that are
 merged into the main block once they grow, and a removed reference is masked at once and
-dropped at the next merge. A query votes in two stages:
-1. coarse: (reference, pitch shift in semitones, 2-second offset) cells, to find candidates;
-2. fine, per candidate: a grid of time scales, for each an offset histogram; the best
-   (scale, offset) picks the consistent matches, whose query times, merged into segments,
-   give the seconds matched. A lone coincidence never forms a segment.
+dropped at the next merge. A query searches the edits re-uploaders make (`MatchParams`: speed
+changes such as nightcore and "slowed", tempo-only and pitch-only changes) in one pass: its
+keys probe every span and pitch-band bucket those edits can move a triplet to. It votes in
+two stages:
+1. coarse: (reference, pitch shift, coarse time scale, offset) cells, to find candidates;
+2. fine, per candidate: the pitch-shift mode, then a grid of time scales around the hits' own
+   scale, for each an offset histogram; the best (scale, offset) picks the consistent
+   matches, whose query times, merged into segments, give the seconds matched. A lone
+   coincidence never forms a segment, and silence has no landmarks, so it never counts.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,20 +44,34 @@ class Match:
     ref_end: float
     time_scale: float
     pitch_shift_semitones: float
+    pitch_bands: int = 0  # bands of the spectrum holding consistent matches (a copy spans many)
+    jitter_ms: float = 0.0  # median distance of the matches from the alignment line
 
 
 @dataclass(frozen=True)
 class MatchParams:
-    """Query thresholds. The defaults reject unrelated music and silence with a wide margin."""
+    """Query thresholds. The defaults reject unrelated music and silence with a wide margin.
+
+    The edits searched are the ones re-uploaders make, as a region of (time scale, pitch shift):
+    - a speed change (nightcore x1.2-1.35, "slowed" x0.75-0.9, a turntable): time and pitch move
+      together, pitch = -12 log2(time scale), within `speed_tolerance` semitones of that line;
+    - a tempo-only change: any time scale in range with at most `free_pitch` semitones of shift;
+    - a pitch-only change: any pitch shift in range with the time scale within `free_scale` of 1.
+    Searching the whole rectangle instead would let more chance alignments compete.
+    """
 
     min_matches: int = 20  # consistent triplets (and as many distinct hash keys among them)
     min_seconds: float = 5.0  # seconds of query covered by consistent segments
     min_score: float = 0.0
     min_pitch_bands: int = 8  # bands of `band_semitones` holding >= 3 consistent matches each
     band_semitones: float = 3.0
-    max_pitch_shift: float = 3.0  # semitones searched either way
-    max_time_scale_change: float = 0.07  # +/- 7% tempo searched
-    scale_step: float = 0.002
+    max_pitch_shift: float = 5.5  # semitones searched either way (x1.35 speed is +5.2)
+    min_time_scale: float = 0.72  # query seconds per reference second: x1.39 faster
+    max_time_scale: float = 1.39  # x0.72 slower
+    free_pitch: float = 1.0  # semitones: tempo-only edits
+    free_scale: float = 0.08  # relative: pitch-only edits (and the small tempo drifts of a re-encode)
+    speed_tolerance: float = 1.2  # semitones off the speed line
+    scale_step: float = 0.002  # log time-scale step of the Hough grid
     offset_tolerance: float = 0.05  # seconds: how far a match may sit from the alignment line
     pitch_tolerance: float = 0.35  # semitones from the alignment's pitch shift
     span_tolerance: float = 0.06  # a triplet's span ratio vs the alignment's time scale
@@ -62,6 +80,33 @@ class MatchParams:
     candidates: int = 10  # references examined in the fine stage
     max_bucket: int = 4000  # keys more common than this are stop words, not evidence
     probes: ProbeMargins = ProbeMargins()
+
+    def allowed(self, log_scale: np.ndarray, shift: np.ndarray, slack: float = 0.0) -> np.ndarray:
+        """Which (ln time scale, pitch shift) pairs lie in the edit region; `slack` widens it
+        (in semitones, a time-scale error counted as the pitch error of the same ratio)."""
+        semis = 12 / np.log(2) * log_scale  # the time scale as semitones of a speed change
+        free = 12 * np.log2(1 + self.free_scale)
+        return ((np.abs(shift) <= self.free_pitch + slack) | (np.abs(semis) <= free + slack)
+                | (np.abs(semis + shift) <= self.speed_tolerance + slack))
+
+    def scale_range(self, shift: float) -> list[tuple[float, float]]:
+        """The ln time-scale intervals the region allows at pitch shift `shift`."""
+        lo, hi = np.log(self.min_time_scale), np.log(self.max_time_scale)
+        if abs(shift) <= self.free_pitch + self.pitch_tolerance:
+            return [(lo, hi)]
+        free = np.log1p(self.free_scale)
+        line = -shift * np.log(2) / 12
+        tol = (self.speed_tolerance + self.pitch_tolerance) * np.log(2) / 12
+        spans = [(-free, free), (max(lo, line - tol), min(hi, line + tol))]
+        spans = [s for s in spans if s[0] < s[1]]
+        spans.sort()
+        out = [spans[0]]
+        for a, b in spans[1:]:
+            if a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], b))
+            else:
+                out.append((a, b))
+        return out
 
 
 @dataclass(frozen=True)
@@ -214,8 +259,24 @@ class FingerprintIndex:
     # -- lookup --------------------------------------------------------------------------------
     def query(self, fp: Fingerprint, *, exclude: Iterable[str] = (), limit: int = 5,
               params: MatchParams | None = None) -> list[Match]:
-        """References found in `fp`, best first (at most `limit`)."""
+        """References found in `fp`, best first (at most `limit`).
+
+        A long upload (a 3-hour DJ set) is looked up in windows of `_QUERY_WINDOW` seconds that
+        overlap by `_QUERY_OVERLAP`, so the memory of one lookup does not grow with its length;
+        the pieces of one alignment found in neighbouring windows are joined again.
+        """
         p = params or self.params
+        exclude = tuple(exclude)
+        if not fp.t.size or fp.t[-1] - fp.t[0] <= _QUERY_WINDOW + _QUERY_OVERLAP:
+            return self._query(fp, exclude, limit, p)
+        found: list[Match] = []
+        start = float(fp.t[0])
+        while start <= fp.t[-1]:
+            found += self._query(fp.window(start, start + _QUERY_WINDOW + _QUERY_OVERLAP), exclude, limit, p)
+            start += _QUERY_WINDOW
+        return _join(found)[:limit]
+
+    def _query(self, fp: Fingerprint, exclude: tuple[str, ...], limit: int, p: MatchParams) -> list[Match]:
         with self._lock:
             blocks = [self._main, *self._pending]
             alive = self._alive.copy()
@@ -226,9 +287,12 @@ class FingerprintIndex:
                     alive[num] = False
         if len(fp) == 0 or not alive.any():
             return []
-        keys, qidx = probe_keys(fp, p.probes)
-        order = np.argsort(keys, kind="stable")  # sorted needles: searchsorted walks memory in order
-        keys, qidx = keys[order], qidx[order]
+        keys, qidx = probe_keys(fp, p.probes, scales=(p.min_time_scale, p.max_time_scale),
+                                shifts=(-p.max_pitch_shift, p.max_pitch_shift))
+        # Sorted needles: searchsorted walks memory in order. One sort of (key, triplet) packed
+        # in 64 bits is several times cheaper than a stable argsort of the keys.
+        packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | qidx.astype(np.uint64))
+        keys, qidx = (packed >> np.uint64(32)).astype(np.uint32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
         all_alive = bool(alive.all())
         cands = [self._lookup(b, keys, qidx, alive, all_alive, p) for b in blocks if b.size]
         cands = [c for c in cands if c[0].size]
@@ -239,18 +303,20 @@ class FingerprintIndex:
         else:
             qi, ref, tr, fr, sr = (np.concatenate(x) for x in zip(*cands))
         df = fp.f[qi] - fr
-        scale = fp.span[qi] / np.maximum(sr, np.float32(1e-3))
-        lim = 1 + p.max_time_scale_change + 0.1  # per-triplet spans are noisy: a loose first cut
-        ok = np.abs(df) <= p.max_pitch_shift
-        ok &= scale < lim
-        ok &= scale > 1 / lim
-        rows = np.flatnonzero(ok)
+        rows = np.flatnonzero(np.abs(df) <= p.max_pitch_shift)
+        # Each hit's own time scale, from its triplet's span: noisy (a few %), so a loose first cut.
+        # Cuts run on the survivors of the previous one only: most hits are chance, and many.
+        ls = np.log(fp.span[qi[rows]] / np.maximum(sr[rows], np.float32(1e-3)))
+        keep = (ls < np.log(p.max_time_scale) + 0.1) & (ls > np.log(p.min_time_scale) - 0.1)
+        rows, ls = rows[keep], ls[keep]
+        keep = p.allowed(ls, df[rows], slack=1.2)
+        rows, ls = rows[keep], ls[keep]
         if rows.size < p.min_matches:
             return []
         ref, df = ref[rows], df[rows]
         qi_ok = qi[rows]
         tq, tr = fp.t[qi_ok], tr[rows]
-        chosen = self._candidates(ref, tq, tr, df, alive.size, p)
+        chosen = self._candidates(ref, tq, tr, df, ls, alive.size, p)
         if not chosen:
             return []
         pick = np.zeros(alive.size, dtype=bool)
@@ -289,35 +355,74 @@ class FingerprintIndex:
         return qi, ref, b.t[ci], b.f[ci].astype(np.float32), b.span[ci].astype(np.float32)
 
     @staticmethod
-    def _candidates(ref: np.ndarray, tq: np.ndarray, tr: np.ndarray, df: np.ndarray, n_refs: int,
+    def _candidates(ref: np.ndarray, tq: np.ndarray, tr: np.ndarray, df: np.ndarray, ls: np.ndarray, n_refs: int,
                     p: MatchParams) -> list[int]:
-        """References whose best coarse (pitch, offset) cell is among the strongest."""
+        """References whose best coarse (pitch, time scale, offset) cell is among the strongest.
+
+        The offset is taken where each 20 s window of the query starts (the reference time the
+        window's start maps to under the hit's coarse time scale), so a 4% scale bin drifts at
+        most ~1 s inside a cell however long the query is.
+        """
         pitch = np.round(df).astype(np.int64)
-        off = np.floor((tq - tr) / np.float32(2.0)).astype(np.int64)
-        # Cells (reference, pitch shift, 2 s offset) counted in a dense table over the references
-        # present (renumbered in order), so cell order is (reference, pitch, offset) as a sort gives.
-        present = np.bincount(ref, minlength=n_refs) > 0
-        refs = np.flatnonzero(present)
-        compact = np.cumsum(present) - 1
-        p0, o0 = int(pitch.min()), int(off.min())
-        n_p, n_o = int(pitch.max()) - p0 + 1, int(off.max()) - o0 + 1
-        size = refs.size * n_p * n_o
-        if size <= max(4 * ref.size, 1 << 20):
-            cell = (compact[ref] * n_p + (pitch - p0)) * n_o + (off - o0)
-            counts = np.bincount(cell, minlength=size)
-            cells = np.flatnonzero(counts >= max(3, p.min_matches // 3))
+        kbin = np.round(ls / np.float32(_SCALE_BIN)).astype(np.int64)
+        win = np.floor(tq / np.float32(_WINDOW)).astype(np.int64)
+        local = tr - (tq - win * np.float32(_WINDOW)) * np.exp(-kbin * np.float32(_SCALE_BIN)).astype(np.float32)
+        off = np.floor(local / np.float32(2.0)).astype(np.int64)
+        cell = np.zeros(ref.size, np.int64)
+        radix = 1  # of every digit after the reference's
+        for v in (pitch, kbin, win, off):  # a mixed-radix cell number over the values present
+            v = v - v.min()
+            width = int(v.max()) + 1
+            cell = cell * width + v
+            radix *= width
+        r0 = int(ref.min())
+        cell += (ref.astype(np.int64) - r0) * radix
+        floor = max(3, p.min_matches // 4)
+        if int(cell.max()) < max(4 * ref.size, 1 << 22):  # dense: count without sorting the hits
+            counts = np.bincount(cell)
+            cells = np.flatnonzero(counts >= floor)
             counts = counts[cells]
-            cref = refs[cells // (n_p * n_o)]
         else:
-            cell = (ref.astype(np.int64) << 32) | ((pitch + 8) << 24) | (off + (1 << 20))
             cells, counts = np.unique(cell, return_counts=True)
-            strong = counts >= max(3, p.min_matches // 3)
+            strong = counts >= floor
             cells, counts = cells[strong], counts[strong]
-            cref = cells >> 32
+        cref = cells // radix + r0
         order = np.argsort(-counts, kind="stable")
         ranked = cref[order]
         _, first = np.unique(ranked, return_index=True)
         return [int(r) for r in ranked[np.sort(first)[:p.candidates]]]
+
+
+_QUERY_WINDOW = 600.0  # seconds of a long upload looked up at once
+_QUERY_OVERLAP = 60.0  # neighbouring windows share this much, so a match is not cut in two
+
+
+def _join(found: list[Match]) -> list[Match]:
+    """Matches of one reference along one alignment (scale within 1%, offset within 0.5 s),
+    found in neighbouring windows, as one; best first."""
+    out: list[Match] = []
+    for m in sorted(found, key=lambda x: (x.ref_id, x.query_start)):
+        last = out[-1] if out else None
+        if (last is not None and last.ref_id == m.ref_id and abs(m.time_scale / last.time_scale - 1) <= 0.01
+                and abs((m.query_start - m.time_scale * m.ref_start)
+                        - (last.query_start - last.time_scale * last.ref_start)) <= 0.5):
+            end = max(last.query_end, m.query_end)
+            # Windows overlap: seconds in both pieces count once (assumed covered by both, so this
+            # errs low), and never more than the span.
+            both = max(0.0, min(last.query_end, m.query_end) - max(last.query_start, m.query_start))
+            seconds = max(last.seconds_matched, m.seconds_matched, last.seconds_matched + m.seconds_matched - both)
+            seconds = min(seconds, end - last.query_start)
+            out[-1] = replace(last, score=max(last.score, m.score), matches=last.matches + m.matches,
+                              seconds_matched=round(seconds, 2), query_end=end,
+                              ref_end=max(last.ref_end, m.ref_end), pitch_bands=max(last.pitch_bands, m.pitch_bands))
+        else:
+            out.append(m)
+    out.sort(key=lambda x: (-x.seconds_matched, -x.matches))
+    return out
+
+
+_SCALE_BIN = 0.04  # ln time scale: the coarse vote's scale cells
+_WINDOW = 20.0  # seconds of query per coarse offset window
 
 
 def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: np.ndarray, qi: np.ndarray,
@@ -335,9 +440,12 @@ def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: n
     tq, tr, df, sq, sr, qi, qkey = tq[near], tr[near], df[near], sq[near], sr[near], qi[near], qkey[near]
     if tq.size < p.min_matches:
         return None
-    scales = np.arange(1 - p.max_time_scale_change, 1 + p.max_time_scale_change + 1e-9, p.scale_step)
+    scales = _scale_grid(np.log(sq / np.maximum(sr, 1e-3)), p.scale_range(shift0), p)
+    if scales.size == 0:
+        return None
     tol = p.offset_tolerance
-    off = tq[None, :] - scales[:, None] * tr[None, :]
+    centre = float(np.median(tr))  # offsets taken mid-reference: their range stays small at any scale
+    off = tq[None, :] - scales[:, None] * (tr[None, :] - centre)
     base = np.floor(off.min() / tol)
     bins = (np.floor(off / tol) - base).astype(np.int64)
     width = int(bins.max()) + 2
@@ -346,7 +454,7 @@ def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: n
     pair = hist[:, :-1] + hist[:, 1:]  # two adjacent bins: an alignment on a bin edge is not split
     si, oi = np.unravel_index(int(np.argmax(pair)), pair.shape)
     s = float(scales[si])
-    o = (base + oi + 1) * tol
+    o = (base + oi + 1) * tol - s * centre
     sel = np.abs(tq - s * tr - o) <= tol
     if sel.sum() < p.min_matches:
         return None
@@ -354,7 +462,7 @@ def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: n
     sel &= np.abs(df - shift) <= p.pitch_tolerance
     if sel.sum() >= 8 and np.ptp(tr[sel]) > 2.0:  # refine the line on the consistent set
         s2, o2 = np.polyfit(tr[sel], tq[sel], 1)
-        if abs(s2 - 1) <= p.max_time_scale_change + 0.01:
+        if any(a - 0.01 <= np.log(max(s2, 1e-3)) <= b + 0.01 for a, b in p.scale_range(shift)):
             s, o = float(s2), float(o2)
             sel = (np.abs(tq - s * tr - o) <= tol) & (np.abs(df - shift) <= p.pitch_tolerance)
     # Each triplet's own span ratio must agree with the alignment's time scale too.
@@ -378,7 +486,8 @@ def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: n
     # pieces sharing a drum pattern or a groove (the same kit, another tempo or tuning) agree
     # in a few pitch bands only.
     bands = np.bincount((fp.f[qi[sel]] // p.band_semitones).astype(np.int64))
-    if int((bands >= 3).sum()) < p.min_pitch_bands:
+    n_bands = int((bands >= 3).sum())
+    if n_bands < p.min_pitch_bands:
         return None
     # Density inside the matched segments: a copy agrees on many of its triplets there, two
     # pieces that merely share a groove or a chord change on a few.
@@ -387,8 +496,48 @@ def _align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: n
     if score < p.min_score:
         return None
     shift = float(np.median(df[sel]))
+    # How tightly the matches sit on the line: a copy keeps the recording's own timing (a few
+    # ms, whatever the edit), a cover played from the same score keeps only the score's.
+    jitter = float(np.median(np.abs(tq[sel] - s * tr[sel] - o))) * 1000
     return (round(score, 4), used, round(seconds, 2), round(q0, 2), round(q1, 2),
-            round((q0 - o) / s, 2), round((q1 - o) / s, 2), round(s, 4), round(shift, 2))
+            round((q0 - o) / s, 2), round((q1 - o) / s, 2), round(s, 4), round(shift, 2), n_bands, round(jitter, 1))
+
+
+def describe_edit(time_scale: float, pitch_shift: float) -> str:
+    """The edit a match's alignment shows, in the words moderators use: "none", "nightcore x1.25"
+    or "slowed x0.80" (a speed change: faster and higher, or slower and lower, together),
+    "tempo x1.10" (pitch kept), "pitch -3.0 st" (tempo kept), or a tempo and a pitch change."""
+    speed = 1 / time_scale  # playback speed relative to the reference
+    semis = 12 * np.log2(speed)
+    if abs(semis) < 0.25 and abs(pitch_shift) < 0.25:
+        return "none"
+    if abs(semis) >= 0.5 and abs(pitch_shift - semis) < 0.5:
+        return f"{'nightcore' if speed > 1 else 'slowed'} x{speed:.2f}"
+    if abs(pitch_shift) < 0.25:
+        return f"tempo x{speed:.2f}"
+    if abs(semis) < 0.25:
+        return f"pitch {pitch_shift:+.1f} st"
+    return f"tempo x{speed:.2f}, pitch {pitch_shift:+.1f} st"
+
+
+def _scale_grid(ls: np.ndarray, allowed: list[tuple[float, float]], p: MatchParams) -> np.ndarray:
+    """Time scales for the Hough grid: +/-8% around the mode of the hits' own scales, inside
+    the region. The mode is cheap to find and keeps the grid (and its histogram) small."""
+    step = 0.02
+    inside = np.zeros(ls.size, dtype=bool)
+    for a, b in allowed:
+        inside |= (ls >= a - 0.06) & (ls <= b + 0.06)
+    if not inside.any():
+        return np.zeros(0)
+    lo = min(a for a, _ in allowed) - 0.06
+    h = np.bincount(np.floor((ls[inside] - lo) / step).astype(np.int64))
+    smooth = np.convolve(h, np.ones(7), mode="same")  # +/-6%: a triplet span's own error
+    mode = lo + (int(np.argmax(smooth)) + 0.5) * step
+    grid = np.arange(mode - 0.08, mode + 0.08 + 1e-9, p.scale_step)
+    keep = np.zeros(grid.size, dtype=bool)
+    for a, b in allowed:
+        keep |= (grid >= a) & (grid <= b)
+    return np.exp(grid[keep])
 
 
 def _coverage(tq: np.ndarray, sq: np.ndarray, p: MatchParams) -> tuple[list[tuple[float, float]], int]:
