@@ -56,7 +56,8 @@ async def test_the_desk_world_has_an_item_of_each_kind_with_its_evidence(setting
     assert text["value"] == "offensive-text"
     assert hit["kind"] == "text" and hit["evidence"] == {
         "field": "description", "term": "kys", "matched": "kys", "category": "blocklist", "language": None,
-        "excerpt": w.uploads["text"].description, "count": 1, "note": "harassment: 'kill yourself'"}
+        "excerpt": w.uploads["text"].description, "count": 1, "note": "harassment: 'kill yourself'",
+        "field_language": "english"}  # the language the scanner read the field in (issue 21)
 
     clean, explicit = cleans
     assert [r["action"] for r in clean] == ["none"]

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             ingest_source=getattr(args, "source", None),
-            role=getattr(args, "role", None),
+            role=args.role if args.command == "run" else None,  # `operator add --role` is another role
         )
     except ConfigError as exc:
         print(f"firehose-mod: configuration error: {exc}", file=sys.stderr)
