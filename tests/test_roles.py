@@ -1,26 +1,21 @@
-"""Several processes over one database (`run --role`): leases, the source lock, and six real
+"""Several processes over one database (`run --role`): the source lock, and six real
 processes (an ingest leader and its standby, two scan workers, two stream servers) with one of
 each killed mid-stream."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from firehose_mod.ingest.filters import Collections
-from firehose_mod.ingest.jetstream import decode_jetstream
-from firehose_mod.store.ingest import IngestStore
 from firehose_mod.store.source_lock import SourceLock
 from tests.fakes.jetstream import T0, FakeJetstream, commit, track_record
 from tests.fakes.media_server import MediaServer
@@ -32,7 +27,6 @@ from tests.test_cover import artwork
 pytestmark = pytest.mark.anyio
 
 ARTIST = "did:plc:artist"
-TRACKS = Collections.parse(["fm.plyr.track"])
 
 
 def track_event(i: int, cover: str = "https://cdn.plyr.fm/images/abc.jpg") -> dict:
@@ -40,45 +34,7 @@ def track_event(i: int, cover: str = "https://cdn.plyr.fm/images/abc.jpg") -> di
     return commit(T0 + i, ARTIST, "fm.plyr.track", f"3ktrack{i:05d}", "create", record)
 
 
-async def enqueue(store: IngestStore, *ns: int) -> None:
-    """Commit track events through the real Jetstream decoder, as ingest does."""
-    events = [ev for n in ns for ev in decode_jetstream(json.dumps(track_event(n)), TRACKS).events]
-    await store.commit("jetstream", T0 + max(ns), events)
-
-
-# -- leases ---------------------------------------------------------------------------------------
-async def test_a_live_workers_job_is_never_taken_and_a_dead_ones_is_after_its_lease(tmp_path):
-    db = tmp_path / "db.sqlite3"
-    one, two = await IngestStore.open(db), await IngestStore.open(db)
-    try:
-        await enqueue(one, 1, 2, 3)
-        held = await one.claim(2, worker="scan-1", lease=0.5)
-        assert [j.attempts for j in held] == [1, 1]
-        rest = await two.claim(5, worker="scan-2", lease=60)
-        assert [j.id for j in rest] == [3]  # scan-1's two jobs are not offered while its lease runs
-        assert await one.renew([j.id for j in held], worker="scan-1", lease=0.5) == 0
-        await anyio.sleep(0.6)  # scan-1 stopped renewing: it died or hung
-        taken = await two.claim(5, worker="scan-2", lease=60)
-        assert [j.id for j in taken] == [j.id for j in held] and [j.attempts for j in taken] == [2, 2]
-        # scan-1 wakes up: its renewal reports the jobs another worker holds now
-        assert await one.renew([j.id for j in held], worker="scan-1", lease=0.5) == 2
-    finally:
-        await one.close()
-        await two.close()
-
-
-async def test_a_restarted_worker_takes_back_its_own_jobs_at_once_and_leaves_the_others(tmp_path):
-    db = tmp_path / "db.sqlite3"
-    store = await IngestStore.open(db)
-    try:
-        await enqueue(store, 1, 2)
-        mine, theirs = await store.claim(1, worker="scan-1", lease=300), await store.claim(1, worker="scan-2", lease=300)
-        assert await store.requeue_running("scan-1") == 1  # scan-1 restarted: its job is pending again
-        assert [j.id for j in await store.claim(5, worker="scan-1", lease=300)] == [mine[0].id]
-        assert theirs[0].id not in [j["id"] for j in await store.jobs(theirs[0].uri) if j["state"] == "pending"]
-        assert await store.requeue_running() == 2  # `--role all`, the only scan process: every running job
-    finally:
-        await store.close()
+# The leases' behaviour tests run on both backends: tests/test_ingest_store_backends.py.
 
 
 # -- the source lock ------------------------------------------------------------------------------

@@ -73,7 +73,18 @@ def _row(row: tuple) -> StoredLabel:
     return StoredLabel(seq, label, key_id, bytes(cbor))
 
 
-class LabelLog:
+class EmitOne:
+    """`emit`, one label, for both label logs (their `emit_many` does the work)."""
+
+    async def emit(
+        self, uri: str, val: str, *, cid: str | None = None, neg: bool = False, exp: str | None = None
+    ) -> StoredLabel | None:
+        """Append one signed label; None when it would change nothing (see the module docstring)."""
+        written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
+        return written[0] if written else None
+
+
+class LabelLog(EmitOne):
     """The public API of the label log; see the module docstring for the write rules."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str,
@@ -129,13 +140,6 @@ class LabelLog:
         self._listeners.append(listener)
 
     # -- writing -----------------------------------------------------------------------
-    async def emit(
-        self, uri: str, val: str, *, cid: str | None = None, neg: bool = False, exp: str | None = None
-    ) -> StoredLabel | None:
-        """Append one signed label; None when it would change nothing (see module docstring)."""
-        written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
-        return written[0] if written else None
-
     async def emit_many(
         self, requests: Iterable[EmitRequest], *,
         also: Callable[[DecisionWriter, list[StoredLabel]], Awaitable[object]] | None = None,

@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 from firehose_mod.labels.model import Label, now_iso, parse_datetime
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import DatabaseBusy
-from firehose_mod.store.label_log import EmitRequest, StoredLabel, _changes_state, checked, log_written
+from firehose_mod.store.label_log import EmitOne, EmitRequest, StoredLabel, _changes_state, checked, log_written
 from firehose_mod.store.pg.commits import CHANNEL, CommitListeners
 from firehose_mod.store.pg.decisions import PgDecisionWriter
 from firehose_mod.store.pg.schema import WRITE_LOCK, migrate
@@ -96,7 +96,7 @@ def _numbered(sql: str) -> str:
     return "".join(p + (f"${i}" if i < len(parts) else "") for i, p in enumerate(parts, 1))
 
 
-class PgLabelLog:
+class PgLabelLog(EmitOne):
     """The label log over a PostgreSQL database; see the module docstring for seq and wake-ups."""
 
     def __init__(self, writer: asyncpg.Connection, readers: asyncpg.Pool, url: str, key: SigningKey, src: str,
@@ -176,13 +176,6 @@ class PgLabelLog:
         await self._commits.follow(self._url, poll_interval, task_status=task_status)
 
     # -- writing -----------------------------------------------------------------------
-    async def emit(
-        self, uri: str, val: str, *, cid: str | None = None, neg: bool = False, exp: str | None = None
-    ) -> StoredLabel | None:
-        """Append one signed label; None when it would change nothing (see store/label_log.py)."""
-        written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
-        return written[0] if written else None
-
     async def emit_many(
         self, requests: Iterable[EmitRequest], *,
         also: Callable[[PgDecisionWriter, list[StoredLabel]], Awaitable[object]] | None = None,
