@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from dataclasses import fields, replace
+from pathlib import Path
 
 import anyio
 import pytest
@@ -19,6 +21,8 @@ from firehose_mod.ingest.metrics import IngestCollector
 from firehose_mod.ingest.pipeline import IngestPipeline
 from firehose_mod.ingest.reconnect import Backoff
 from firehose_mod.ingest.source import SourceStats, WebSocketSource
+from firehose_mod.roles import parse_role
+from firehose_mod.store.source_lock import SourceLock
 from firehose_mod.store import db
 from firehose_mod.store.ingest import IngestStore
 
@@ -160,7 +164,9 @@ async def test_metrics_and_status_read_every_source_the_same_way(kind):
     names = [m.name for m in IngestCollector(source, _Pipeline(), _Workers()).collect()]
     assert [n for n in names if n.removeprefix("firehose_mod_ingest_") in {f.name for f in fields(SourceStats)}] == [
         f"firehose_mod_ingest_{f.name}" for f in fields(SourceStats)]
-    status = (await _ingest_status(_Store(), source, _Workers()))["ingest"]
+    lock = SourceLock(Path(tempfile.mkdtemp()) / "db.sqlite3", holder="ingest")
+    status = (await _ingest_status(_Store(), source, _Workers(), parse_role("ingest"), lock))["ingest"]
+    assert status["leader"] is False  # not holding the source lock
     assert status["endpoint"] == source.endpoints[0] and status["stats"]["frames"] == 5
     assert set(status["stats"]) == {f.name for f in fields(SourceStats)}
 
