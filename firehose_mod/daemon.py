@@ -43,9 +43,8 @@ from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.ingest import IngestStore
-from firehose_mod.store.nonces import NonceStore
 from firehose_mod.store.pg.ingest import PgIngestStore
-from firehose_mod.store.reports import ReportStore
+from firehose_mod.store.open import open_nonce_store, open_report_store
 from firehose_mod.store.source_lock import PgSourceLock, SourceLock
 from firehose_mod.supervise import supervised
 
@@ -247,10 +246,8 @@ async def _lead(tg, settings: Settings, store, ingest, workers, review, poster, 
 async def _open_reports(stack: AsyncExitStack, settings: Settings, review: ReviewServices, client):
     """createReport's parts: the reports table, and the service-JWT verifier (issuer keys from
     DID documents through the vetted `client`, nonces in the database)."""
-    store = await ReportStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    stack.push_async_callback(close_shielded, store)
-    nonces = await NonceStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    stack.push_async_callback(close_shielded, nonces)
+    store = await stack.enter_async_context(open_report_store(settings))  # SQLite, or PostgreSQL (store/open.py)
+    nonces = await stack.enter_async_context(open_nonce_store(settings))
     verifier = ServiceAuthVerifier(settings.did, DidKeyResolver(client, settings.plc_url), nonces)
     desk = ReportDesk(review.desk, store, collections=settings.collections)
     review.reports = desk

@@ -16,7 +16,7 @@ from firehose_mod.review.actors import Operators
 from firehose_mod.review.desk import ReviewDesk
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
-from firehose_mod.store.operators import OperatorStore
+from firehose_mod.store.open import open_operator_store
 from firehose_mod.store.review import ReviewStore
 
 
@@ -51,9 +51,9 @@ async def open_review(settings: Settings, label_log: LabelLog, *, daemon: bool =
     """The desk over `label_log`'s database; with `daemon`, also the triage agent and notifier."""
     busy = None if daemon else settings.db_busy_wait
     store = await ReviewStore.open(settings.db_path, synchronous=settings.db_synchronous, busy_wait=busy)
+    operators_opened = open_operator_store(settings, busy_wait=busy)  # SQLite, or PostgreSQL (store/open.py)
     try:
-        operator_store = await OperatorStore.open(settings.db_path, synchronous=settings.db_synchronous,
-                                                  busy_wait=busy)
+        operator_store = await operators_opened.__aenter__()
     except BaseException:
         await close_shielded(store)
         raise
@@ -72,5 +72,5 @@ async def open_review(settings: Settings, label_log: LabelLog, *, daemon: bool =
     finally:
         if services.triage is not None:
             await services.triage.aclose()
-        await close_shielded(operator_store)
+        await operators_opened.__aexit__(None, None, None)  # closes it, shielded
         await close_shielded(store)

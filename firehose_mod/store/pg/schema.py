@@ -158,6 +158,76 @@ MIGRATIONS: list[str] = [
         updated   text NOT NULL
     );
     """,
+    # 3: the small stores (store/pg/operators.py, nonces.py, reports.py): operators and their
+    # admin-page sessions, service-auth nonces, reports as received. The same tables and rules
+    # as SQLite's migrations 9 (operators), 10, 11 and 12. reports.item_id names a review item;
+    # it has no foreign key until the review queue is on PostgreSQL too.
+    """
+    CREATE FUNCTION firehose_mod_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+    CREATE TABLE operators (
+        id          bigserial PRIMARY KEY,
+        name        text NOT NULL UNIQUE,
+        role        text NOT NULL CHECK (role IN ('admin', 'moderator', 'agent')),
+        token_hash  bytea NOT NULL UNIQUE,    -- SHA-256 of the token (never the token)
+        created     text NOT NULL,
+        created_by  text NOT NULL,
+        revoked     text,
+        revoked_by  text
+    );
+    CREATE TRIGGER operators_keep_identity BEFORE UPDATE OF name, role, token_hash, created ON operators
+        FOR EACH ROW EXECUTE FUNCTION
+        firehose_mod_refuse('an operator keeps its name, role and token: revoke it and add another');
+    CREATE TRIGGER operators_revocation_is_final BEFORE UPDATE OF revoked ON operators
+        FOR EACH ROW WHEN (OLD.revoked IS NOT NULL) EXECUTE FUNCTION
+        firehose_mod_refuse('a revoked operator stays revoked: add another');
+    CREATE TRIGGER operators_never_deleted BEFORE DELETE ON operators
+        FOR EACH ROW EXECUTE FUNCTION
+        firehose_mod_refuse('operators are never deleted (events name them): revoke instead');
+    CREATE TRIGGER operators_never_truncated BEFORE TRUNCATE ON operators
+        FOR EACH STATEMENT EXECUTE FUNCTION
+        firehose_mod_refuse('operators are never deleted (events name them): revoke instead');
+    CREATE TABLE desk_sessions (
+        id_hash   bytea PRIMARY KEY,          -- SHA-256 of the session cookie's value
+        operator  text NOT NULL REFERENCES operators (name),
+        csrf      text NOT NULL,
+        created   text NOT NULL,
+        expires   text NOT NULL,
+        ended     text                        -- signed out (or the operator revoked)
+    );
+    CREATE INDEX desk_sessions_operator ON desk_sessions (operator);
+    CREATE TABLE service_auth_nonces (
+        iss  text NOT NULL,
+        jti  text NOT NULL,
+        exp  bigint NOT NULL,                 -- unix seconds after which the row is expired
+        PRIMARY KEY (iss, jti)
+    );
+    CREATE INDEX service_auth_nonces_exp ON service_auth_nonces (exp);
+    CREATE TABLE reports (
+        id           bigserial PRIMARY KEY,
+        reporter     text NOT NULL,
+        via_service  text,
+        reason_type  text NOT NULL,
+        reason       text,
+        subject      text NOT NULL,           -- JSON, as received
+        subject_uri  text NOT NULL,
+        subject_cid  text,
+        subject_did  text NOT NULL,
+        appeal       boolean NOT NULL DEFAULT false,
+        value        text NOT NULL,
+        item_id      bigint,
+        counter_notice text,
+        mod_tool     text,
+        created      text NOT NULL
+    );
+    CREATE INDEX reports_reporter ON reports (reporter, created);
+    CREATE INDEX reports_subject ON reports (subject_uri, created);
+    CREATE INDEX reports_item ON reports (item_id, id);
+    CREATE TRIGGER reports_append_only BEFORE UPDATE OR DELETE ON reports
+        FOR EACH ROW EXECUTE FUNCTION firehose_mod_refuse('reports are kept as received');
+    CREATE TRIGGER reports_append_only_truncate BEFORE TRUNCATE ON reports
+        FOR EACH STATEMENT EXECUTE FUNCTION firehose_mod_refuse('reports are kept as received');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
