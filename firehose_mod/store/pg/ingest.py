@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import asyncpg
 import structlog
 
 from firehose_mod.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.dead_letters import MAX_DETAIL, MAX_RAW, fingerprint
 from firehose_mod.store.ingest import CommitResult, _activates
-from firehose_mod.store.pg.label_log import DatabaseUnreachable
+from firehose_mod.store.pg.pool import PgPoolStore
 from firehose_mod.store.pg.scan_queue import (
     PgScanQueue,
     enqueue,
@@ -32,7 +31,7 @@ from firehose_mod.store.pg.scan_queue import (
     enqueue_unavailable_rescans,
     rowcount,
 )
-from firehose_mod.store.pg.schema import INGEST_LOCK, migrate
+from firehose_mod.store.pg.schema import INGEST_LOCK
 from firehose_mod.store.tracks import verdict
 
 __all__ = ["PgIngestStore"]
@@ -40,30 +39,11 @@ __all__ = ["PgIngestStore"]
 log = structlog.get_logger(__name__)
 
 
-class PgIngestStore(PgScanQueue):
-    """The ingest tables over a PostgreSQL database; a small connection pool."""
+class PgIngestStore(PgScanQueue, PgPoolStore):
+    """The ingest tables over a PostgreSQL database; a small connection pool (store/pg/pool.py)."""
 
-    def __init__(self, pool: asyncpg.Pool):
-        self._pool = pool
-
-    @classmethod
-    async def open(cls, url: str, *, connections: int = 4) -> PgIngestStore:
-        """Connect (and migrate); DatabaseUnreachable names the server when we cannot."""
-        settings = {"application_name": "firehose-mod ingest"}
-        try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=connections, server_settings=settings)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnreachable(url, exc) from exc
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn)
-        except BaseException:
-            await pool.close()
-            raise
-        return cls(pool)
-
-    async def close(self) -> None:
-        await self._pool.close()
+    APPLICATION = "firehose-mod ingest"
+    CONNECTIONS = 4
 
     # -- the commit -------------------------------------------------------------------------
     async def cursor(self, source: str) -> int | None:

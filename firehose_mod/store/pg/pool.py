@@ -18,17 +18,19 @@ from firehose_mod.store.pg.schema import migrate
 class PgPoolStore:
     """A pool over the database at `url`; subclasses hold the SQL of one concern."""
 
-    APPLICATION = "firehose-mod"
+    APPLICATION = "firehose-mod"  # application_name: who holds what, in pg_stat_activity
+    CONNECTIONS = 2
 
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, connections: int = 2) -> Self:
+    async def open(cls, url: str, *, connections: int | None = None) -> Self:
         """Connect (and migrate); DatabaseUnreachable names the server when we cannot."""
         settings = {"application_name": cls.APPLICATION}
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=connections, server_settings=settings)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=connections or cls.CONNECTIONS,
+                                             server_settings=settings)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnreachable(url, exc) from exc
         try:
