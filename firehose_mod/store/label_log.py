@@ -73,8 +73,12 @@ def _row(row: tuple) -> StoredLabel:
     return StoredLabel(seq, label, key_id, bytes(cbor))
 
 
-class EmitOne:
-    """`emit`, one label, for both label logs (their `emit_many` does the work)."""
+class LabelLogBase:
+    """What both label logs (SQLite here, PostgreSQL in store/pg/) do the same way over their own
+    reads: `emit` of one label, and labels signed by an older key re-signed on the way out."""
+
+    key: SigningKey
+    _resigned: dict[int, bytes]
 
     async def emit(
         self, uri: str, val: str, *, cid: str | None = None, neg: bool = False, exp: str | None = None
@@ -83,8 +87,29 @@ class EmitOne:
         written = await self.emit_many([EmitRequest(uri, val, cid, neg, exp)])
         return written[0] if written else None
 
+    async def _on_the_wire(self, rows) -> list[tuple[int, bytes]]:
+        """(seq, wire CBOR) of `rows` of (seq, key_id, cbor): a label signed by a key other than the
+        current one (after a rotation) is re-signed with the current key, so verifiers holding the
+        new DID document key accept it; the stored original is left untouched."""
+        current = self.key.did_key
+        out = []
+        for s, key_id, cbor in rows:
+            if key_id != current:
+                cbor = await self._resign(s)
+            out.append((s, bytes(cbor)))
+        return out
 
-class LabelLog(EmitOne):
+    async def _resign(self, seq: int) -> bytes:
+        cached = self._resigned.get(seq)
+        if cached is None:
+            cached = self.key.sign((await self._stored_at(seq)).label).to_cbor()
+            if len(self._resigned) > 100_000:
+                self._resigned.clear()
+            self._resigned[seq] = cached
+        return cached
+
+
+class LabelLog(LabelLogBase):
     """The public API of the label log; see the module docstring for the write rules."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, key: SigningKey, src: str,
@@ -287,34 +312,16 @@ class LabelLog(EmitOne):
             return [_row(r) for r in await cur.fetchall()]
 
     async def cbor_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """(seq, wire CBOR) of up to `limit` labels after `seq`: the stream's hot read path.
-
-        Labels signed by a key other than the current one (after a rotation) are re-signed
-        with the current key on the way out, so verifiers holding the new DID document key
-        accept them; the stored original is left untouched.
-        """
+        """(seq, wire CBOR) of up to `limit` labels after `seq`: the stream's hot read path
+        (labels of an older key re-signed on the way out: `LabelLogBase._on_the_wire`)."""
         async with self._reader.execute(
             "SELECT seq, key_id, cbor FROM labels WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         ) as cur:
-            rows = await cur.fetchall()
-        current = self.key.did_key
-        out = []
-        for s, key_id, cbor in rows:
-            if key_id != current:
-                cbor = await self._resign(s)
-            out.append((s, bytes(cbor)))
-        return out
+            return await self._on_the_wire(await cur.fetchall())
 
-    async def _resign(self, seq: int) -> bytes:
-        cached = self._resigned.get(seq)
-        if cached is None:
-            async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE seq = ?", (seq,)) as cur:
-                stored = _row(await cur.fetchone())
-            cached = self.key.sign(stored.label).to_cbor()
-            if len(self._resigned) > 100_000:
-                self._resigned.clear()
-            self._resigned[seq] = cached
-        return cached
+    async def _stored_at(self, seq: int) -> StoredLabel:
+        async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE seq = ?", (seq,)) as cur:
+            return _row(await cur.fetchone())
 
     async def query(
         self, patterns: list[str], sources: list[str], limit: int, cursor: int = 0,

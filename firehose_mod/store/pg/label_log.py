@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 from firehose_mod.labels.model import Label, now_iso, parse_datetime
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import DatabaseBusy
-from firehose_mod.store.label_log import EmitOne, EmitRequest, StoredLabel, _changes_state, checked, log_written
+from firehose_mod.store.label_log import LabelLogBase, EmitRequest, StoredLabel, _changes_state, checked, log_written
 from firehose_mod.store.pg.commits import CHANNEL, CommitListeners
 from firehose_mod.store.pg.decisions import PgDecisionWriter
 from firehose_mod.store.pg.schema import WRITE_LOCK, migrate
@@ -96,7 +96,7 @@ def _numbered(sql: str) -> str:
     return "".join(p + (f"${i}" if i < len(parts) else "") for i, p in enumerate(parts, 1))
 
 
-class PgLabelLog(EmitOne):
+class PgLabelLog(LabelLogBase):
     """The label log over a PostgreSQL database; see the module docstring for seq and wake-ups."""
 
     def __init__(self, writer: asyncpg.Connection, readers: asyncpg.Pool, url: str, key: SigningKey, src: str,
@@ -302,26 +302,13 @@ class PgLabelLog(EmitOne):
 
     async def cbor_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         """(seq, wire CBOR) of up to `limit` labels after `seq`; labels signed by an older key are
-        re-signed with the current one on the way out (the stored original is untouched)."""
-        rows = await self._fetch("SELECT seq, key_id, cbor FROM labels WHERE seq > $1 ORDER BY seq LIMIT $2",
-                                 seq, limit)
-        current = self.key.did_key
-        out = []
-        for s, key_id, cbor in rows:
-            if key_id != current:
-                cbor = await self._resign(s)
-            out.append((s, bytes(cbor)))
-        return out
+        re-signed with the current one on the way out (`LabelLogBase._on_the_wire`)."""
+        return await self._on_the_wire(await self._fetch(
+            "SELECT seq, key_id, cbor FROM labels WHERE seq > $1 ORDER BY seq LIMIT $2", seq, limit))
 
-    async def _resign(self, seq: int) -> bytes:
-        cached = self._resigned.get(seq)
-        if cached is None:
-            (row,) = await self._fetch(f"SELECT {_COLUMNS} FROM labels WHERE seq = $1", seq)
-            cached = self.key.sign(_stored(row).label).to_cbor()
-            if len(self._resigned) > 100_000:
-                self._resigned.clear()
-            self._resigned[seq] = cached
-        return cached
+    async def _stored_at(self, seq: int) -> StoredLabel:
+        (row,) = await self._fetch(f"SELECT {_COLUMNS} FROM labels WHERE seq = $1", seq)
+        return _stored(row)
 
     async def query(
         self, patterns: list[str], sources: list[str], limit: int, cursor: int = 0,
