@@ -48,27 +48,19 @@ from firehose_mod.labels.signing import SigningKey
 from firehose_mod.logs import configure_logging
 from firehose_mod.store.decisions import DecisionRow
 from firehose_mod.store.label_log import EmitRequest, LabelLog
+from populate_ours import DEFAULT_ACCOUNTS, DEFAULT_DID
+from populate_ours import gen_label as populate_gen_label  # bench/ is on sys.path as the script's folder
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SKYWARE = HERE / "skyware"
-VALS = ["spam", "porn", "sexual", "nudity", "gore", "!hide", "!warn", "rude"]
-B32 = "abcdefghijklmnopqrstuvwxyz234567"
-ACCOUNTS = 25000
-DID = "did:plc:oursbenchlabelerzzzzzzzz"
-
-
-def b32(n: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        out.append(B32[n % 32])
-        n //= 32
-    return "".join(reversed(out))
+ACCOUNTS = DEFAULT_ACCOUNTS
+DID = DEFAULT_DID
 
 
 def gen_label(i: int) -> tuple[str, str]:
     """(uri, val) of label i: the same set as populate_ours.py and skyware/populate.mjs."""
-    return f"at://did:plc:bench{b32(i % ACCOUNTS, 19)}/app.bsky.feed.post/3l{b32(i, 11)}", VALS[i % len(VALS)]
+    return populate_gen_label(i, ACCOUNTS)
 
 
 def fresh(path: Path) -> None:
