@@ -42,9 +42,7 @@ from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
-from firehose_mod.store.ingest import IngestStore
-from firehose_mod.store.pg.ingest import PgIngestStore
-from firehose_mod.store.open import open_nonce_store, open_report_store
+from firehose_mod.store.open import open_ingest_store, open_nonce_store, open_report_store, source_lock
 from firehose_mod.store.source_lock import PgSourceLock, SourceLock
 from firehose_mod.supervise import supervised
 
@@ -83,27 +81,6 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
         yield label_log
     finally:
         await close_shielded(label_log)
-
-
-@asynccontextmanager
-async def open_ingest_store(settings: Settings) -> AsyncIterator[IngestStore | PgIngestStore]:
-    """The ingest store (source cursors, tracks, scan queue, dead letters) of `settings`: the
-    SQLite file, or PostgreSQL when `database_url` is set."""
-    if settings.database_url:
-        store = await PgIngestStore.open(settings.database_url)
-    else:
-        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    try:
-        yield store
-    finally:
-        await close_shielded(store)
-
-
-def source_lock(settings: Settings, holder: str) -> SourceLock | PgSourceLock:
-    """The lock that makes one ingest process per database read the source (store/source_lock.py)."""
-    if settings.database_url:
-        return PgSourceLock(settings.database_url, holder=holder)
-    return SourceLock(settings.db_path, holder=holder)
 
 
 async def run_server(

@@ -8,7 +8,7 @@ import anyio
 import asyncpg
 import pytest
 
-from firehose_mod.daemon import open_ingest_store, source_lock
+from firehose_mod.store.open import open_ingest_store, source_lock
 from firehose_mod.events import DeadLetter, RepoEvent, TrackEvent
 from firehose_mod.scan.base import MEDIA_UNAVAILABLE, Finding
 from firehose_mod.store.decisions import DecisionRow, DecisionStore

@@ -108,11 +108,7 @@ def blocking_problems(record: object) -> list[str]:
       container or octet-stream is fetched and decoded, any other type is reported as
       media-unavailable evidence, not fetched). The blob must still be a blob (ref, size)."""
     return [p for p in validate_track(record)
-            if not _over_in_bytes_only(p, record) and not _declared_type_only(p, record)]
-
-
-def _declared_type_only(problem: str, record: object) -> bool:
-    return problem.startswith("audioBlob: mimeType ") and isinstance(record, dict)
+            if not _over_in_bytes_only(p, record) and not p.startswith("audioBlob: mimeType ")]
 
 
 def _over_in_bytes_only(problem: str, record: object) -> bool:

@@ -1,6 +1,6 @@
-"""Opening the small stores of `settings`: the SQLite file, or PostgreSQL when `database_url`
-is set (as daemon.open_ingest_store does for the ingest store). Each factory is an async
-context manager that closes the store, even in a cancelled scope."""
+"""Opening the stores of `settings`: the SQLite file, or PostgreSQL when `database_url` is set.
+Each factory is an async context manager that closes the store, even in a cancelled scope;
+`source_lock` picks the lock that makes one ingest process per database read the source."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from firehose_mod.config import Settings
 from firehose_mod.store.db import close_shielded
+from firehose_mod.store.ingest import IngestStore
 from firehose_mod.store.nonces import NonceStore
 from firehose_mod.store.operators import OperatorStore
+from firehose_mod.store.pg.ingest import PgIngestStore
 from firehose_mod.store.pg.nonces import PgNonceStore
 from firehose_mod.store.pg.operators import PgOperatorStore
 from firehose_mod.store.pg.reports import PgReportStore
 from firehose_mod.store.reports import ReportStore
+from firehose_mod.store.source_lock import PgSourceLock, SourceLock
 
-__all__ = ["open_nonce_store", "open_operator_store", "open_report_store"]
+__all__ = ["open_ingest_store", "open_nonce_store", "open_operator_store", "open_report_store", "source_lock"]
 
 
 @asynccontextmanager
@@ -48,3 +51,16 @@ def open_report_store(settings: Settings, *, busy_wait: float | None = None
                       ) -> AbstractAsyncContextManager[ReportStore | PgReportStore]:
     """Reports and appeals as received (`busy_wait` as for open_operator_store)."""
     return _opened(settings, ReportStore, PgReportStore, busy_wait)
+
+
+def open_ingest_store(settings: Settings, *, busy_wait: float | None = None
+                      ) -> AbstractAsyncContextManager[IngestStore | PgIngestStore]:
+    """Source cursors, tracks, the scan queue and dead letters (`busy_wait` as for open_operator_store)."""
+    return _opened(settings, IngestStore, PgIngestStore, busy_wait)
+
+
+def source_lock(settings: Settings, holder: str) -> SourceLock | PgSourceLock:
+    """The lock that makes one ingest process per database read the source (store/source_lock.py)."""
+    if settings.database_url:
+        return PgSourceLock(settings.database_url, holder=holder)
+    return SourceLock(settings.db_path, holder=holder)
