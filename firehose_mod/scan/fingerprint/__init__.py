@@ -1,5 +1,6 @@
 """Audio fingerprinting for the copyright matcher: landmark triplets, an in-memory index, chromaprint."""
 
+from firehose_mod.scan.fingerprint.align import describe_edit
 from firehose_mod.scan.fingerprint.analyse import AudioAnalysis, analyse_file, sha256_file
 from firehose_mod.scan.fingerprint.chromaprint import (
     ChromaprintError, bit_error_rate, chromaprint_file, is_duplicate,
@@ -9,7 +10,7 @@ from firehose_mod.scan.fingerprint.extract import (
     fingerprint_file, fingerprint_samples,
 )
 from firehose_mod.scan.fingerprint.index import (
-    Entries, FingerprintIndex, Match, MatchParams, describe_edit, index_entries,
+    Entries, FingerprintIndex, Match, MatchParams, index_entries,
 )
 
 __all__ = [
