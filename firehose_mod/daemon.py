@@ -43,7 +43,7 @@ from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.open import open_ingest_store, open_nonce_store, open_report_store, source_lock
-from firehose_mod.store.source_lock import PgSourceLock, SourceLock
+from firehose_mod.store.source_lock import PgSourceLock, SourceLock, SourceLockLost
 from firehose_mod.supervise import supervised
 
 log = structlog.get_logger(__name__)
@@ -217,7 +217,15 @@ async def _lead(tg, settings: Settings, store, ingest, workers, review, poster, 
     tg.start_soon(supervised, "ingest_flusher", pipeline.run_flusher)
     run_ingest, before_restart = _ingest_task(store, source, pipeline, watched)
     tg.start_soon(partial(supervised, "ingest", run_ingest, before_restart=before_restart))
+    tg.start_soon(_keep_lead, parts["lock"])
     parts["pipeline"] = pipeline
+
+
+async def _keep_lead(lock: SourceLock | PgSourceLock) -> None:
+    """Stop the daemon if it loses the source lock (a PostgreSQL session that ended): a standby
+    may already read the source, and two readers would both commit the same events."""
+    await lock.watch()
+    raise SourceLockLost(lock.holder)
 
 
 async def _open_reports(stack: AsyncExitStack, settings: Settings, review: ReviewServices, client):

@@ -73,6 +73,16 @@ async def test_a_repeated_commit_changes_nothing_and_the_cursor_never_goes_back(
     assert len(await store.dead_letters()) == 1 and await store.dead_letter_count() == 1
 
 
+async def test_a_replay_window_is_set_backwards_and_cleared_in_one_go(open_ingest):
+    store = await open_ingest()
+    await store.commit("jetstream", 50, [track(1)])
+    await store.set_cursors({"jetstream-replay.from": 40, "jetstream-replay.until": 50, "jetstream-replay": 45})
+    await store.set_cursors({"jetstream-replay": 41, "jetstream-replay.until": None})  # back, and gone
+    assert [await store.cursor(k) for k in ("jetstream-replay.from", "jetstream-replay.until", "jetstream-replay")] \
+        == [40, None, 41]
+    assert await store.cursor("jetstream") == 50  # the live cursor is not the replay's
+
+
 async def test_only_a_newer_version_of_a_track_is_applied(open_ingest):
     store = await open_ingest()
     await store.commit("jetstream", 1, [track(1, cid="bafyv2", rev="3k0002")])

@@ -11,6 +11,12 @@ from firehose_mod.config import Settings
 class CommandError(Exception):
     """A command cannot proceed; the message says what to do."""
 
+def require_database(settings: Settings, what: str) -> None:
+    """Refuse a command that reads the database when the SQLite file is not there (`what`: what
+    its absence means). With PostgreSQL ([store] database_url) the server says what it holds."""
+    if not settings.database_url and not settings.db_path.exists():
+        raise CommandError(f"no database at {settings.db_path}: {what} (wrong --data-dir?)")
+
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

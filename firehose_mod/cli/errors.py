@@ -21,6 +21,7 @@ from firehose_mod.labels.model import LabelError
 from firehose_mod.labels.signing import KeyError_
 from firehose_mod.store.db import DatabaseBusy, SchemaError
 from firehose_mod.store.pg.label_log import DatabaseUnreachable
+from firehose_mod.store.source_lock import SourceLockLost
 from firehose_mod.syntax import IdentifierError
 
 
@@ -43,7 +44,7 @@ def _describe_one(exc: BaseException, settings: Settings, command: str) -> str |
     if isinstance(exc, KeyError_) and isinstance(exc.__cause__, OSError):  # writing a new key failed
         return _disk(settings, exc.__cause__.errno, settings.key_path, exc.__cause__.strerror) or str(exc)
     if isinstance(exc, (LabelError, KeyError_, SchemaError, DatabaseBusy, CommandError, ConfigError,
-                        IdentifierError, DatabaseUnreachable)):
+                        IdentifierError, DatabaseUnreachable, SourceLockLost)):
         return str(exc)
     listen = f"{settings.host}:{settings.port}"
     if isinstance(exc, socket.gaierror):

@@ -8,11 +8,11 @@ import json
 import sys
 from dataclasses import replace
 
-from firehose_mod.cli.common import CommandError, ProgressLine, _out
+from firehose_mod.cli.common import CommandError, ProgressLine, _out, require_database
 from firehose_mod.config import Settings
 from firehose_mod.ingest.backfill import run_backfill
 from firehose_mod.ingest.replay import run_replay
-from firehose_mod.store.ingest import IngestStore
+from firehose_mod.store.open import open_ingest_store
 from firehose_mod.syntax import check_did
 
 
@@ -63,13 +63,9 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    if not settings.db_path.exists():
-        raise CommandError(f"no database at {settings.db_path}: nothing ingested yet")
-    store = await IngestStore.open(settings.db_path)
-    try:
+    require_database(settings, "nothing ingested yet")
+    async with open_ingest_store(settings) as store:
         rows = await store.dead_letters(args.limit)
-    finally:
-        await store.close()
     for row in rows:
         if args.json:
             _out(json.dumps(row))

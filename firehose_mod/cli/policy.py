@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from firehose_mod.cli.common import CommandError, ProgressLine, _out
+from firehose_mod.cli.common import CommandError, ProgressLine, _out, require_database
 from firehose_mod.config import Settings
 from firehose_mod.daemon import open_label_log
 from firehose_mod.labels.model import format_datetime, parse_datetime
@@ -21,7 +21,7 @@ from firehose_mod.scan.policy import PolicyError
 from firehose_mod.scan.registry import open_engine
 from firehose_mod.store.catalogue import CatalogueStore
 from firehose_mod.store.decisions import DecisionStore
-from firehose_mod.store.ingest import IngestStore
+from firehose_mod.store.open import open_ingest_store
 from firehose_mod.syntax import check_at_uri, check_subject
 
 async def scan(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,8 +46,7 @@ async def scan(settings: Settings, args: argparse.Namespace) -> int:
 
 async def explain(settings: Settings, args: argparse.Namespace) -> int:
     check_subject(args.subject)
-    if not settings.db_path.exists():
-        raise CommandError(f"no database at {settings.db_path}: nothing labelled or scanned yet")
+    require_database(settings, "nothing labelled or scanned yet")
     async with open_label_log(settings) as label_log:
         decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
         try:
@@ -73,13 +72,12 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
         since = None
     for uri in args.uri or ():
         check_at_uri(uri, record=True, what="--uri")
-    if not settings.db_path.exists():
-        raise CommandError(f"no database at {settings.db_path}: no tracks stored yet (wrong --data-dir?)")
+    require_database(settings, "no tracks stored yet")
     report = RescanReport(applied=args.apply)
     bar = ProgressLine()
-    async with open_label_log(settings) as label_log, open_engine(settings, label_log) as scanning:
+    async with (open_label_log(settings) as label_log, open_engine(settings, label_log) as scanning,
+                open_ingest_store(settings) as store):
         engine = scanning.engine  # without --apply nothing is written: apply() and perform_effects() are not called
-        store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
         try:
             if args.uri and (missing := await _unknown_tracks(store, args.uri)):
                 raise CommandError(f"no stored track {missing[0]} (of {len(missing)} --uri not stored): rescan"
@@ -99,8 +97,6 @@ async def rescan(settings: Settings, args: argparse.Namespace) -> int:
                         _out(f"  ? review {r['value']}  ({r['rule']})")
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        finally:
-            await store.close()
     bar.done()
     summary = {"summary": report.__dict__}
     if args.json:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from firehose_mod.cli.common import CommandError, _out
+from firehose_mod.cli.common import CommandError, _out, require_database
 from firehose_mod.config import Settings
 from firehose_mod.ops.explain import summarise
 from firehose_mod.review import states as st
@@ -89,8 +89,8 @@ def _operator_parsers(sub, common: argparse.ArgumentParser) -> None:
 async def _services(settings: Settings, *, create: bool = False) -> AsyncIterator[ReviewServices]:
     from firehose_mod.daemon import open_label_log
 
-    if not create and not settings.db_path.exists():
-        raise CommandError(f"no database at {settings.db_path}: nothing scanned yet (wrong --data-dir?)")
+    if not create:
+        require_database(settings, "nothing scanned yet")
     async with open_label_log(settings) as label_log, open_review(settings, label_log) as services:
         yield services
 

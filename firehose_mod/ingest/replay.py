@@ -29,9 +29,7 @@ from firehose_mod.config import Settings
 from firehose_mod.ingest.build import build_source
 from firehose_mod.ingest.events import Decoded
 from firehose_mod.ingest.pipeline import IngestPipeline
-from firehose_mod.labels.model import now_iso
-from firehose_mod.store.db import close_shielded
-from firehose_mod.store.ingest import IngestStore
+from firehose_mod.store.open import open_ingest_store
 
 log = structlog.get_logger(__name__)
 
@@ -53,20 +51,6 @@ def replay_keys(source: str) -> tuple[str, str, str]:
     return key, f"{key}.from", f"{key}.until"
 
 
-async def _set_cursors(store: IngestStore, rows: dict[str, int | None]) -> None:
-    """Set (or, with None, delete) `source_cursors` rows in one transaction."""
-    now = now_iso()
-    async with store._lock, store._transaction() as db:
-        for source, cursor in rows.items():
-            if cursor is None:
-                await db.execute("DELETE FROM source_cursors WHERE source = ?", (source,))
-            else:
-                await db.execute(
-                    "INSERT INTO source_cursors (source, cursor, updated) VALUES (?, ?, ?)"
-                    " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated",
-                    (source, cursor, now))
-
-
 async def run_replay(settings: Settings, from_cursor: int, *, until: int | None = None, source=None,
                      progress: Callable[[int, int], None] | None = None, restart: bool = False,
                      notice: Callable[[str], None] | None = None) -> ReplayReport:
@@ -77,8 +61,7 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
     operator chose it. A resumed one starts exactly at its saved cursor; `notice` is told so."""
     if until is not None and until < from_cursor:
         raise ValueError(f"--until {until} is before --cursor {from_cursor}: nothing to replay")
-    store = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    try:
+    async with open_ingest_store(settings) as store:
         source = source or build_source(settings, set())
         if source is None:
             raise ValueError("ingest source is 'none': nothing to replay (set [ingest] source)")
@@ -97,7 +80,7 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
             if from_cursor > target:
                 raise ValueError(f"--cursor {from_cursor} is after the end cursor {target} (the live cursor; "
                                  "pass --until)")
-            await _set_cursors(store, {key: None, from_key: from_cursor, until_key: target})
+            await store.set_cursors({key: None, from_key: from_cursor, until_key: target})
         start = from_cursor if resumed_from is None else resumed_from
         if resumed_from is not None:
             message = f"resuming the replay of [{from_cursor}, {target}] from {resumed_from}; --restart to start over"
@@ -148,8 +131,6 @@ async def run_replay(settings: Settings, from_cursor: int, *, until: int | None 
             tg.start_soon(pipeline.run_flusher)
             tg.start_soon(partial(source.run, sink, start, exact_start=True))
         if finished:
-            await _set_cursors(store, {key: target})  # done: the replay's cursor rests at T2
+            await store.set_cursors({key: target})  # done: the replay's cursor rests at T2
         return ReplayReport(source.name, from_cursor, target, pipeline.stats["frames"],
                             pipeline.stats["enqueued"], pipeline.stats["dead_letters"], resumed_from)
-    finally:
-        await close_shielded(store)

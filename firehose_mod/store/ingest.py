@@ -55,6 +55,20 @@ class IngestStore(TrackTable, ScanQueue, DeadLetterTable):
             row = await cur.fetchone()
         return row[0] if row else None
 
+    async def set_cursors(self, rows: dict[str, int | None]) -> None:
+        """Set (or, with None, delete) `source_cursors` rows in one transaction, whatever they held
+        (a replay's window; `commit` only ever moves a cursor forward)."""
+        now = now_iso()
+        async with self._lock, self._transaction() as db:
+            for source, cursor in rows.items():
+                if cursor is None:
+                    await db.execute("DELETE FROM source_cursors WHERE source = ?", (source,))
+                else:
+                    await db.execute(
+                        "INSERT INTO source_cursors (source, cursor, updated) VALUES (?, ?, ?)"
+                        " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated",
+                        (source, cursor, now))
+
     async def commit(
         self, source: str, cursor: int | None, events: Sequence[TrackEvent | RepoEvent],
         dead: Sequence[DeadLetter] = (), *, rescan: bool = False,

@@ -35,6 +35,15 @@ from firehose_mod.store.pg.schema import SOURCE_LOCK
 log = structlog.get_logger(__name__)
 
 
+class SourceLockLost(RuntimeError):
+    """This process read the source and no longer holds its lock: it stops, so that only the
+    process now holding the lock reads the source (systemd restarts it as a standby)."""
+
+    def __init__(self, holder: str):
+        super().__init__(f"ingest process {holder!r} lost the source lock (its database session ended): stopping so"
+                         " that only one process reads the source; it starts again as a standby (systemd Restart=)")
+
+
 class SourceLock:
     def __init__(self, db_path: Path, *, holder: str, poll: float = 1.0):
         self.path = db_path.with_name(db_path.name + ".ingest-lock")
@@ -80,6 +89,12 @@ class SourceLock:
             await anyio.sleep(self.poll)
         log.warning("ingest.took_over", holder=self.holder, lock=str(self.path))
         return True
+
+    async def watch(self) -> None:
+        """Return once this process no longer holds the lock: never, for a held flock (it lasts as
+        long as the process; only PgSourceLock can lose its session)."""
+        if self._fd is not None:
+            await anyio.sleep_forever()
 
     def release(self) -> None:
         if self._fd is not None:

@@ -50,6 +50,20 @@ class PgIngestStore(PgScanQueue, PgPoolStore):
         """The saved cursor of `source`, or None if it never committed."""
         return await self._pool.fetchval("SELECT cursor FROM source_cursors WHERE source = $1", source)
 
+    async def set_cursors(self, rows: dict[str, int | None]) -> None:
+        """Set (or, with None, delete) `source_cursors` rows in one transaction, whatever they held
+        (a replay's window; `commit` only ever moves a cursor forward)."""
+        now = now_iso()
+        async with self._pool.acquire() as db, db.transaction():
+            for source, cursor in rows.items():
+                if cursor is None:
+                    await db.execute("DELETE FROM source_cursors WHERE source = $1", source)
+                else:
+                    await db.execute(
+                        "INSERT INTO source_cursors (source, cursor, updated) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated",
+                        source, cursor, now)
+
     async def commit(
         self, source: str, cursor: int | None, events: Sequence[TrackEvent | RepoEvent],
         dead: Sequence[DeadLetter] = (), *, rescan: bool = False,
