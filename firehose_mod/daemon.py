@@ -11,7 +11,6 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -42,6 +41,7 @@ from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
+from firehose_mod.store.pg.label_log import server_of
 from firehose_mod.store.open import open_ingest_store, open_nonce_store, open_report_store, source_lock
 from firehose_mod.store.source_lock import PgSourceLock, SourceLock, SourceLockLost
 from firehose_mod.supervise import supervised
@@ -111,10 +111,7 @@ async def run_server(
 def _where(settings: Settings) -> str:
     """Where the label log is, for the logs: the SQLite path, or the PostgreSQL server and database
     (never the URL's password)."""
-    if not settings.database_url:
-        return str(settings.db_path)
-    parts = urlsplit(settings.database_url)
-    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    return server_of(settings.database_url) if settings.database_url else str(settings.db_path)
 
 
 def raise_open_file_limit() -> None:

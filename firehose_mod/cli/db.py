@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from firehose_mod.cli.common import CommandError, ProgressLine, _out
 from firehose_mod.config import Settings
+from firehose_mod.store.pg.label_log import server_of
 
 # Below this many pages (about 40 MB at 4 KiB) the copy takes a moment: no progress line.
 PROGRESS_MIN_PAGES = 10_000
@@ -83,12 +83,11 @@ def add_copy_parser(db) -> None:
 
 async def db_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from firehose_mod.store.db import SchemaError
-    from firehose_mod.store.schema import migrate_sqlite, sqlite_status
+    from firehose_mod.store.schema import migrate_schema, schema_status
 
     try:
-        before = sqlite_status(settings.db_path)
-        after = before if args.check or not before.pending else await migrate_sqlite(
-            settings.db_path, synchronous=settings.db_synchronous)
+        before = await schema_status(settings)
+        after = before if args.check or not before.pending else await migrate_schema(settings)
     except SchemaError as exc:
         raise CommandError(str(exc)) from None
     if args.json:
@@ -140,12 +139,6 @@ async def db_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(url: str) -> str:
-    """The server and database of a PostgreSQL URL, never its password."""
-    parts = urlsplit(url)
-    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
-
-
 def _copy_endpoints(settings: Settings, args: argparse.Namespace) -> tuple[Path, str]:
     source = args.copy_from or f"sqlite:{settings.db_path}"
     if not source.startswith("sqlite:") or source == "sqlite:":
@@ -156,7 +149,7 @@ def _copy_endpoints(settings: Settings, args: argparse.Namespace) -> tuple[Path,
         raise CommandError("no PostgreSQL to copy to: give --to postgresql://USER:PASSWORD@HOST:PORT/DB"
                            " (or set [store] database_url / FIREHOSE_MOD_DATABASE_URL)")
     if not target.startswith(("postgresql://", "postgres://")):
-        raise CommandError(f"--to must be a postgresql://USER:PASSWORD@HOST:PORT/DB URL, not {_where(target)!r}")
+        raise CommandError(f"--to must be a postgresql://USER:PASSWORD@HOST:PORT/DB URL, not {server_of(target)!r}")
     if args.batch < 1 or args.sample < 0:
         raise CommandError("--batch must be at least 1 and --sample at least 0")
     return Path(source.removeprefix("sqlite:")).expanduser(), target
@@ -188,7 +181,7 @@ async def db_copy(settings: Settings, args: argparse.Namespace) -> int:
         try:
             target = await PgCopyTarget.open(url, busy_wait=settings.db_busy_wait)
             try:
-                report = await copy_label_log(source, target, source_name=str(source.path), target_name=_where(url),
+                report = await copy_label_log(source, target, source_name=str(source.path), target_name=server_of(url),
                                               batch=args.batch, sample=args.sample, verify=not args.no_verify,
                                               progress=progress)
             finally:
@@ -198,12 +191,12 @@ async def db_copy(settings: Settings, args: argparse.Namespace) -> int:
     except (SourceError, CopyRefused) as exc:
         raise CommandError(str(exc)) from None
     except CopyConflict as exc:
-        raise CommandError(f"{exc}; stop every other firehose-mod (or copy) using {_where(url)} and run the same"
+        raise CommandError(f"{exc}; stop every other firehose-mod (or copy) using {server_of(url)} and run the same"
                            " command again: it resumes if what is there is this source's, and refuses otherwise") from None
     except sqlite3.Error as exc:
         raise CommandError(f"reading {path} failed: {exc}; {resume}") from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise CommandError(f"the copy to {_where(url)} stopped: {type(exc).__name__}: {exc}; {resume}") from None
+        raise CommandError(f"the copy to {server_of(url)} stopped: {type(exc).__name__}: {exc}; {resume}") from None
     finally:
         if shown:
             bar.done()

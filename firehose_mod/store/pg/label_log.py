@@ -41,16 +41,20 @@ _COLUMNS = "seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor"
 _L_COLUMNS = ", ".join("l." + c.strip() for c in _COLUMNS.split(","))
 
 
+def server_of(url: str) -> str:
+    """The server and database of a PostgreSQL URL, for logs and messages: never its password."""
+    parts = urlsplit(url)
+    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+
+
 class DatabaseUnreachable(RuntimeError):
     """The PostgreSQL of `database_url` could not be reached or refused us; the message names the
     server and database (never the password) and how to fix it."""
 
     def __init__(self, url: str, exc: BaseException):
-        parts = urlsplit(url)
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-        user = parts.username or "the current user"
+        user = urlsplit(url).username or "the current user"
         super().__init__(
-            f"cannot connect to PostgreSQL at {where} as {user}: {exc.__class__.__name__}: {exc};"
+            f"cannot connect to PostgreSQL at {server_of(url)} as {user}: {exc.__class__.__name__}: {exc};"
             " check [store] database_url (FIREHOSE_MOD_DATABASE_URL), that the server runs and accepts"
             " this user from this host (pg_hba.conf), and that the database exists"
         )
