@@ -113,12 +113,20 @@ async def test_decisions_commit_or_roll_back_with_their_labels(pg_url, key):
         assert await log.head() == 1
         assert [(r["action"], r["value"], r["label_seq"], r["rule"]) for r in rows] == [("label", "porn", 1, "r1")]
 
-        async def review(decisions, written):
-            await decisions.write([], reviews=[(uri(2), None, "porn", "unsure", [])])
+        async def review_then_explode(decisions, written):
+            assert await decisions.write([], reviews=[(uri(2), None, "nudity", "unsure", [])]) == 1
+            raise RuntimeError("boom")
 
-        with pytest.raises(NotImplementedError, match="not on PostgreSQL yet"):
-            await log.emit_many([EmitRequest(uri(2), "porn")], also=review)
-        assert await log.head() == 1
+        with pytest.raises(RuntimeError):  # the review item goes with the label that failed
+            await log.emit_many([EmitRequest(uri(2), "porn")], also=review_then_explode)
+        opened = []
+
+        async def review(decisions, written):
+            opened.append(await decisions.write([], reviews=[(uri(2), None, "nudity", "unsure", [])]))
+            opened.extend(i.value for i in await decisions.review.waiting_for(uri(2)))
+
+        await log.emit_many([EmitRequest(uri(2), "porn")], also=review)
+        assert await log.head() == 2 and opened == [1, "nudity"]
 
 
 async def test_an_operator_command_gives_up_on_a_held_write_lock_and_names_the_holder(pg_url, key):
@@ -202,7 +210,7 @@ async def test_an_import_keeps_its_cts_is_written_once_and_never_overrides_a_new
 async def test_an_unreachable_server_is_named_without_the_password(key):
     port = free_port()  # nothing listens there
     url = f"postgresql://firehose:s3cret@127.0.0.1:{port}/labels"
-    with pytest.raises(DatabaseUnreachable, match=f"at 127.0.0.1:{port}/labels as firehose") as info:
+    with pytest.raises(DatabaseUnreachable, match=f"at postgresql://127.0.0.1:{port}/labels as firehose") as info:
         await PgLabelLog.open(url, key, SRC)
     assert "s3cret" not in str(info.value)
 

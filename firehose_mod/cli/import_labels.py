@@ -15,7 +15,7 @@ from firehose_mod.cli.common import CommandError, _out
 from firehose_mod.config import Settings
 from firehose_mod.daemon import open_label_log
 from firehose_mod.ops.import_labels import ImportReport, SourceError, run_import
-from firehose_mod.store.label_import import ImportStore
+from firehose_mod.store.open import open_import_store
 from firehose_mod.syntax import check_did
 
 
@@ -74,9 +74,8 @@ async def import_labels(settings: Settings, args: argparse.Namespace) -> int:
     if args.did:
         check_did(args.did, what="--did")
     progress = _Progress()
-    async with open_label_log(settings) as label_log:
-        store = await ImportStore.open(settings.db_path, synchronous=settings.db_synchronous,
-                                       busy_wait=settings.db_busy_wait)
+    async with open_label_log(settings) as label_log, \
+            open_import_store(settings, busy_wait=settings.db_busy_wait) as store:
         try:
             report = await run_import(settings, label_log, store, args.from_url, did=args.did, stream=args.stream,
                                       restart=args.restart, verify=not args.no_verify, limit=args.limit,
@@ -87,8 +86,6 @@ async def import_labels(settings: Settings, args: argparse.Namespace) -> int:
                                ) from None
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        finally:
-            await store.close()
     progress.done()
     if args.json:
         _out(json.dumps(report.to_json()))

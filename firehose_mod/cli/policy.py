@@ -20,8 +20,7 @@ from firehose_mod.scan.fingerprint import FingerprintIndex
 from firehose_mod.scan.policy import PolicyError
 from firehose_mod.scan.registry import open_engine
 from firehose_mod.store.catalogue import CatalogueStore
-from firehose_mod.store.decisions import DecisionStore
-from firehose_mod.store.open import open_ingest_store
+from firehose_mod.store.open import open_decision_store, open_ingest_store
 from firehose_mod.syntax import check_at_uri, check_subject
 
 async def scan(settings: Settings, args: argparse.Namespace) -> int:
@@ -47,14 +46,11 @@ async def scan(settings: Settings, args: argparse.Namespace) -> int:
 async def explain(settings: Settings, args: argparse.Namespace) -> int:
     check_subject(args.subject)
     require_database(settings, "nothing labelled or scanned yet")
-    async with open_label_log(settings) as label_log:
-        decisions = await DecisionStore.open(settings.db_path, synchronous=settings.db_synchronous)
+    async with open_label_log(settings) as label_log, open_decision_store(settings) as decisions:
         try:
             expl = await explaining.explain(label_log, decisions, args.subject)
         except explaining.ExplainError as exc:
             raise CommandError(str(exc)) from None
-        finally:
-            await decisions.close()
     _out(json.dumps(expl.to_json(), indent=2) if args.json else explaining.render_text(expl))
     if expl.empty:
         print(f"firehose-mod: nothing recorded for {args.subject}: never labelled or scanned by this labeler",

@@ -19,8 +19,7 @@ from firehose_mod.review.transparency import (
     PosterConfig,
     TransparencyPoster,
 )
-from firehose_mod.store.db import close_shielded
-from firehose_mod.store.transparency import TransparencyStore
+from firehose_mod.store.open import open_transparency_store
 
 
 def add_parser(sub) -> None:
@@ -31,17 +30,13 @@ def add_parser(sub) -> None:
 
 
 async def transparency(settings: Settings, args: argparse.Namespace) -> int:
-    if not settings.db_path.exists():
+    if not settings.database_url and not settings.db_path.exists():
         raise CommandError(f"no database at {settings.db_path}: nothing decided yet (wrong --data-dir?)")
-    store = await TransparencyStore.open(settings.db_path, synchronous=settings.db_synchronous,
-                                         busy_wait=settings.db_busy_wait)
-    try:
+    async with open_transparency_store(settings, busy_wait=settings.db_busy_wait) as store:
         poster = TransparencyPoster(store, PosterConfig.from_settings(settings))
         pending = await store.pending()
         draft = None if pending is not None else await poster.draft()
         last = await store.last()
-    finally:
-        await close_shielded(store)
     posted = last if last is not None and last.posted else None
     if args.json:
         _out(json.dumps({

@@ -51,9 +51,10 @@ from firehose_mod.scan.base import Finding, ScanContext, Track
 from firehose_mod.scan.policy import decide
 from firehose_mod.server.desk_view import summary
 from firehose_mod.server.xrpc import XrpcError, json_response
-from firehose_mod.store.db import close_shielded
 from firehose_mod.store.decisions import DecisionRow
 from firehose_mod.store.label_log import EmitRequest
+from firehose_mod.store.open import open_plyr_store
+from firehose_mod.store.pg.plyr_compat import PgPlyrStore
 from firehose_mod.store.plyr_compat import PlyrStore
 from firehose_mod.store.review import ItemQuery
 from firehose_mod.syntax import is_atproto_did, is_nsid, is_rkey
@@ -116,13 +117,10 @@ async def open_plyr_compat(settings: Settings, label_log, review, scanning) -> A
     key = load_key(settings)
     for stale in (settings.data_dir / UPLOADS).glob("*.upload"):  # left by a crash mid-scan
         stale.unlink(missing_ok=True)
-    store = await PlyrStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    try:
+    async with open_plyr_store(settings) as store:
         floor = await store.init_mirror()
         log.info("plyr_compat.ready", actor=settings.plyr_compat_actor, mirror_floor=floor)
         yield PlyrCompat(settings, key, store, label_log, review, scanning.engine)
-    finally:
-        await close_shielded(store)
 
 
 @dataclass
@@ -141,7 +139,7 @@ class _OneFile:
 class PlyrCompat:
     """plyr.fm's endpoints; `add_routes(router)` serves them on the front door."""
 
-    def __init__(self, settings: Settings, key: str, store: PlyrStore, label_log, review, engine):
+    def __init__(self, settings: Settings, key: str, store: PlyrStore | PgPlyrStore, label_log, review, engine):
         self.settings = settings
         self._key_digest = hashlib.sha256(key.encode()).digest()
         self.store = store

@@ -37,6 +37,9 @@ from firehose_mod.ingest.resolve import DidResolver, ResolveError, check_did
 from firehose_mod.scan.netguard import outbound_client, warn_if_opened
 from firehose_mod.store.backfill import BackfillRepo, BackfillStore
 from firehose_mod.store.ingest import IngestStore
+from firehose_mod.store.open import open_backfill_store, open_ingest_store
+from firehose_mod.store.pg.backfill import PgBackfillStore
+from firehose_mod.store.pg.ingest import PgIngestStore
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +90,8 @@ class BackfillReport:
 class _Run:
     """State of one backfill run: stores, counters, the progress callback."""
 
-    def __init__(self, client, resolver, ingest: IngestStore, repos: BackfillStore, progress, attempts: int,
-                 base: float):
+    def __init__(self, client, resolver, ingest: IngestStore | PgIngestStore, repos: BackfillStore | PgBackfillStore,
+                 progress, attempts: int, base: float):
         self.client, self.resolver, self.ingest, self.repos = client, resolver, ingest, repos
         self.on_progress, self.attempts, self.base = progress, attempts, base
         self.started = time.monotonic()
@@ -269,18 +272,13 @@ async def run_backfill(
     if client is None:  # vetted: PDS endpoints come from strangers' DID documents
         client = outbound_client(settings, user_agent="firehose-mod-backfill")
     resolver = resolver or DidResolver(client, plc_url)
-    ingest = repos = None
     try:
-        ingest = await IngestStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        repos = await BackfillStore.open(settings.db_path, synchronous=settings.db_synchronous)
-        run = _Run(client, resolver, ingest, repos, progress, max_attempts, retry_base)
-        return await _run(run, dids, relay, retry_failed=retry_failed, restart=restart, concurrency=concurrency)
+        async with open_ingest_store(settings) as ingest, open_backfill_store(settings) as repos:
+            run = _Run(client, resolver, ingest, repos, progress, max_attempts, retry_base)
+            return await _run(run, dids, relay, retry_failed=retry_failed, restart=restart, concurrency=concurrency)
     finally:
-        with anyio.CancelScope(shield=True):
-            for store in (repos, ingest):
-                if store is not None:
-                    await store.close()
-            if own_client:
+        if own_client:
+            with anyio.CancelScope(shield=True):
                 await client.aclose()
 
 

@@ -8,15 +8,15 @@ configured (each with an async `run()` to supervise and counters in `metrics`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from firehose_mod.config import Settings
 from firehose_mod.review.actors import Operators
 from firehose_mod.review.desk import ReviewDesk
 from firehose_mod.store import LabelLog
-from firehose_mod.store.db import close_shielded
-from firehose_mod.store.open import open_operator_store
+from firehose_mod.store.open import open_operator_store, open_review_store
+from firehose_mod.store.pg.review import PgReviewStore
 from firehose_mod.store.review import ReviewStore
 
 
@@ -24,7 +24,7 @@ from firehose_mod.store.review import ReviewStore
 class ReviewServices:
     desk: ReviewDesk
     operators: Operators
-    store: ReviewStore
+    store: ReviewStore | PgReviewStore
     triage: object | None = None  # review.triage.TriageAgent when [triage] enabled
     notifier: object | None = None  # review.notify.Notifier when a webhook or DM is configured
     reports: object | None = None  # review.reports.ReportDesk in the daemon (createReport, appeals)
@@ -50,27 +50,18 @@ async def open_review(settings: Settings, label_log: LabelLog, *, daemon: bool =
                       ) -> AsyncIterator[ReviewServices]:
     """The desk over `label_log`'s database; with `daemon`, also the triage agent and notifier."""
     busy = None if daemon else settings.db_busy_wait
-    store = await ReviewStore.open(settings.db_path, synchronous=settings.db_synchronous, busy_wait=busy)
-    operators_opened = open_operator_store(settings, busy_wait=busy)  # SQLite, or PostgreSQL (store/open.py)
-    try:
-        operator_store = await operators_opened.__aenter__()
-    except BaseException:
-        await close_shielded(store)
-        raise
-    operators = Operators(operator_store)
-    services = ReviewServices(ReviewDesk(label_log, store, operators), operators, store)
-    try:
+    async with AsyncExitStack() as stack:  # closed in reverse: triage, operators, the store
+        # SQLite, or PostgreSQL when settings.database_url is set (store/open.py)
+        store = await stack.enter_async_context(open_review_store(settings, busy_wait=busy))
+        operators = Operators(await stack.enter_async_context(open_operator_store(settings, busy_wait=busy)))
+        services = ReviewServices(ReviewDesk(label_log, store, operators), operators, store)
         if settings.triage_enabled:
             from firehose_mod.review.triage import TriageAgent, TriageConfig
 
             services.triage = TriageAgent(services.desk, TriageConfig.from_settings(settings))
+            stack.push_async_callback(services.triage.aclose)
         if daemon and (settings.notify_webhook_url or settings.notify_dm_recipients):
             from firehose_mod.review.notify import Notifier, NotifyConfig
 
             services.notifier = Notifier(store, NotifyConfig.from_settings(settings))
         yield services
-    finally:
-        if services.triage is not None:
-            await services.triage.aclose()
-        await operators_opened.__aexit__(None, None, None)  # closes it, shielded
-        await close_shielded(store)

@@ -37,7 +37,8 @@ from firehose_mod.config import Settings
 from firehose_mod.ingest.lexicon import grapheme_count
 from firehose_mod.labels.model import format_datetime, parse_datetime
 from firehose_mod.review import states as st
-from firehose_mod.store.db import close_shielded
+from firehose_mod.store.open import open_transparency_store
+from firehose_mod.store.pg.transparency import PgTransparencyStore
 from firehose_mod.store.review import ModerationEvent
 from firehose_mod.store.transparency import PostRow, TransparencyStore
 
@@ -289,7 +290,8 @@ class PdsPublisher:
 
 
 class TransparencyPoster:
-    def __init__(self, store: TransparencyStore, config: PosterConfig, *, publisher=None, clock=time.time):
+    def __init__(self, store: TransparencyStore | PgTransparencyStore, config: PosterConfig, *, publisher=None,
+                 clock=time.time):
         self.store, self.config, self.clock = store, config, clock
         self.publisher = publisher
         self.metrics = {"batches": 0, "posts": 0, "posts_failed": 0, "decisions_posted": 0, "dry_runs": 0}
@@ -409,9 +411,5 @@ async def open_poster(settings: Settings, *, daemon: bool = True) -> AsyncIterat
     if not settings.transparency_enabled:
         yield None
         return
-    store = await TransparencyStore.open(settings.db_path, synchronous=settings.db_synchronous,
-                                         busy_wait=None if daemon else settings.db_busy_wait)
-    try:
+    async with open_transparency_store(settings, busy_wait=None if daemon else settings.db_busy_wait) as store:
         yield TransparencyPoster(store, PosterConfig.from_settings(settings), publisher=PdsPublisher(settings))
-    finally:
-        await close_shielded(store)

@@ -31,8 +31,8 @@ from firehose_mod.scan.policy import load_policy
 from firehose_mod.scan.selflabels import SelfLabelScanner
 from firehose_mod.scan.text import TextBlocklist, TextScanner
 from firehose_mod.store.db import close_shielded, open_db
-from firehose_mod.store.decisions import DecisionStore
 from firehose_mod.store.label_log import LabelLog
+from firehose_mod.store.open import open_decision_store
 
 log = structlog.get_logger(__name__)
 
@@ -136,13 +136,17 @@ async def open_engine(settings: Settings, label_log: LabelLog | None = None, *, 
     names = enabled(settings)
     async with AsyncExitStack() as stack:
         db_path = settings.db_path
-        if read_only:
+        if read_only and settings.database_url:  # the labels in force are read from PostgreSQL, nothing written
+            from firehose_mod.store.pg import PgLabelLog
+
+            label_log = await stack.enter_async_context(PgLabelLog.connect(
+                settings.database_url, SigningKey.generate(settings.key_curve), settings.did))
+        elif read_only:
             labels_db = await open_db(db_path, readonly=True)
             stack.push_async_callback(close_shielded, labels_db)
             label_log = LabelLog(labels_db, labels_db, SigningKey.generate(settings.key_curve), settings.did)
         assert label_log is not None, "a writable engine writes through the daemon's label log"
-        decisions = await DecisionStore.open(db_path, synchronous=settings.db_synchronous, readonly=read_only)
-        stack.push_async_callback(close_shielded, decisions)
+        decisions = await stack.enter_async_context(open_decision_store(settings, readonly=read_only))
         catalogue = None
         if "copyright" in names:
             catalogue = await stack.enter_async_context(

@@ -1,8 +1,10 @@
-"""Decision rows in the PostgreSQL label log's own write transaction (emit_many's `also`).
+"""Decisions and review writes on PostgreSQL inside a held transaction: store/decisions.py's
+`DecisionWriter`, what the PG label log hands `emit_many(also=...)`.
 
-The same `write(rows, reviews)` as store/decisions.py's `DecisionWriter`, over the PG
-`decisions` table. The review queue, reports and import marks are not on PostgreSQL yet:
-asking for them raises NotImplementedError, so nothing is silently written elsewhere.
+The same `write(rows, reviews)`, `.review`, `.reports`, `.imports` and `resolve_reviews` as
+SQLite's writer. `PgDecisionStore` (the reads, and `record` /
+`resolve_reviews` in transactions of their own) lives in store/pg/review_decisions.py: it opens a
+pool, and the pool module imports the label log, which imports this one.
 """
 
 from __future__ import annotations
@@ -13,46 +15,78 @@ import asyncpg
 
 from firehose_mod.labels.model import now_iso
 from firehose_mod.store.decisions import DecisionRow, _finding_json
+from firehose_mod.store.pg.review_writer import PgReviewWriter
+from firehose_mod.store.review import POLICY_ACTOR
 
-_NOT_YET = "the review queue, reports and import marks are not on PostgreSQL yet (issue #17): use SQLite"
+__all__ = ["PgDecisionStore", "PgDecisionWriter", "Reviews", "pg_write_decisions"]
+
+Reviews = list[tuple[str, str | None, str, str, list]]
 
 
 class PgDecisionWriter:
-    """Decision writes inside the label log's transaction on `conn`."""
+    """Decision and review writes inside the transaction someone else holds on `conn`."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def write(self, rows: list[DecisionRow], reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
-        """Insert `rows` in the held transaction; review items are not supported yet (returns 0 opened)."""
-        if reviews:
-            raise NotImplementedError(_NOT_YET)
-        now = now_iso()
-        await self._conn.executemany(
-            "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
-            " label_seq, actor, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
-              json.dumps(r.scanners or {}, sort_keys=True), _finding_json(r.evidence), r.label_seq,
-              r.actor, r.reason, now) for r in rows],
-        )
-        return 0
+    async def write(self, rows: list[DecisionRow], reviews: Reviews = ()) -> int:
+        """`pg_write_decisions` in the held transaction; returns the review items opened."""
+        return await pg_write_decisions(self._conn, rows, reviews)
 
     @property
-    def review(self):
-        raise NotImplementedError(_NOT_YET)
+    def review(self) -> PgReviewWriter:
+        """Review items and moderation events in the same transaction (the review desk's writes)."""
+        return PgReviewWriter(self._conn)
 
     @property
     def reports(self):
-        raise NotImplementedError(_NOT_YET)
+        """Report rows in the same transaction as the review item they open or join."""
+        from firehose_mod.store.pg.reports import PgReportWriter
+
+        return PgReportWriter(self._conn)
 
     @property
     def imports(self):
-        raise NotImplementedError(_NOT_YET)
+        """Marks on the rows of a label import, committed with the labels they wrote."""
+        from firehose_mod.store.pg.label_import import PgImportRowWriter  # lazy: pool -> label_log -> decisions
+
+        return PgImportRowWriter(self._conn)
 
     async def resolve_reviews(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
-        raise NotImplementedError(_NOT_YET)
+        """`PgDecisionStore.resolve_reviews` inside the held transaction (e.g. with a delete's negations)."""
+        return await PgReviewWriter(self._conn).close_waiting(uri, resolution, actor, values)
 
     async def history(self, uri: str) -> list[dict]:
         """The decision rows on `uri`, in order (inside the transaction; for tests and explain)."""
         rows = await self._conn.fetch("SELECT * FROM decisions WHERE uri = $1 ORDER BY id", uri)
         return [dict(r) for r in rows]
+
+
+async def pg_write_decisions(conn: asyncpg.Connection, rows: list[DecisionRow], reviews: Reviews = ()) -> int:
+    """store/decisions.py's `write_decisions` on PostgreSQL, inside a transaction the caller holds."""
+    if rows:
+        now = now_iso()
+        scanners: dict[int, str] = {}  # the rows of one scan share one versions dict: encode it once
+        for r in rows:
+            if id(r.scanners) not in scanners:
+                scanners[id(r.scanners)] = json.dumps(r.scanners or {}, sort_keys=True)
+        await conn.executemany(
+            "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
+            " label_seq, actor, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version, scanners[id(r.scanners)],
+              _finding_json(r.evidence), r.label_seq, r.actor, r.reason, now) for r in rows],
+        )
+    writer = PgReviewWriter(conn)
+    opened = 0
+    for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
+        opened += await writer.open_item(uri, cid, value, reason, findings, actor=POLICY_ACTOR) is not None
+    return opened
+
+
+def __getattr__(name: str):
+    # `from firehose_mod.store.pg.decisions import PgDecisionStore`, imported on first use (see above).
+    if name == "PgDecisionStore":
+        from firehose_mod.store.pg.review_decisions import PgDecisionStore
+
+        return PgDecisionStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -187,7 +187,7 @@ class PgLabelLog(LabelLogBase):
         """Append several labels in one transaction; requests that change nothing are skipped.
 
         `also(decisions, written)` runs inside the same transaction, after the labels are inserted,
-        with a `PgDecisionWriter` (decision rows only, for now).
+        with a `PgDecisionWriter` (decisions, review items and events, reports, import marks).
         """
         requests = checked(requests)
         async with self._write_lock:

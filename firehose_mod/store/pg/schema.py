@@ -228,6 +228,227 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER reports_append_only_truncate BEFORE TRUNCATE ON reports
         FOR EACH STATEMENT EXECUTE FUNCTION firehose_mod_refuse('reports are kept as received');
     """,
+    # 4: the review desk (store/pg/review.py, review_work.py): review items, the append-only
+    # moderation event log (triggers) and the state derived from it, triage calls, batches and
+    # notices, seen marks. The same tables and rules as SQLite's migrations 4 and 9, in one step.
+    # reports.item_id keeps no foreign key (reports are kept as received, whatever they name).
+    """
+    CREATE TABLE review_items (
+        id          bigserial PRIMARY KEY,
+        uri         text COLLATE "C" NOT NULL,
+        cid         text,
+        value       text COLLATE "C" NOT NULL,
+        reason      text NOT NULL,
+        evidence    text NOT NULL DEFAULT '[]',   -- JSON list of findings
+        state       text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved')),
+        resolution  text,
+        resolved_by text,
+        resolved_at text,
+        created     text NOT NULL,
+        status      text NOT NULL DEFAULT 'open',
+        review_state text NOT NULL DEFAULT 'reviewOpen',
+        kind        text NOT NULL DEFAULT 'other',
+        source      text NOT NULL DEFAULT 'scan',
+        proposal_event bigint,
+        last_event  bigint,
+        updated     text
+    );
+    -- One waiting item per (uri, value): a second opening finds it (ON CONFLICT DO NOTHING).
+    CREATE UNIQUE INDEX review_open ON review_items (uri, value) WHERE state = 'open';
+    CREATE INDEX review_state ON review_items (state, id);
+    CREATE INDEX review_status ON review_items (status, id);
+    CREATE INDEX review_uri ON review_items (uri, value, id);
+    CREATE TABLE moderation_event (
+        id          bigserial PRIMARY KEY,
+        item_id     bigint NOT NULL REFERENCES review_items (id),
+        uri         text COLLATE "C" NOT NULL,
+        cid         text,
+        value       text NOT NULL,
+        event_type  text NOT NULL,
+        action      text NOT NULL,
+        state_before text,
+        state_after text NOT NULL,
+        actor_kind  text NOT NULL CHECK (actor_kind IN ('operator', 'agent', 'system')),
+        actor_name  text NOT NULL,
+        actor_via   text NOT NULL,
+        reason      text,
+        labels      text NOT NULL DEFAULT '[]',   -- JSON [{seq, val, neg}] committed with this event
+        payload     text NOT NULL DEFAULT '{}',
+        created     text NOT NULL
+    );
+    CREATE INDEX moderation_event_item ON moderation_event (item_id, id);
+    CREATE INDEX moderation_event_uri ON moderation_event (uri, id);
+    CREATE TRIGGER moderation_event_append_only BEFORE UPDATE OR DELETE ON moderation_event
+        FOR EACH ROW EXECUTE FUNCTION
+        firehose_mod_refuse('the moderation event log is append-only: record a new event instead');
+    CREATE TRIGGER moderation_event_append_only_truncate BEFORE TRUNCATE ON moderation_event
+        FOR EACH STATEMENT EXECUTE FUNCTION
+        firehose_mod_refuse('the moderation event log is append-only: record a new event instead');
+    CREATE TABLE triage_calls (
+        id          bigserial PRIMARY KEY,
+        item_id     bigint NOT NULL REFERENCES review_items (id),
+        agent       text NOT NULL,
+        provider    text NOT NULL,
+        model       text NOT NULL,
+        outcome     text NOT NULL,
+        verdict     text,
+        error       text,
+        attempts    integer NOT NULL DEFAULT 1,
+        input_tokens  integer NOT NULL DEFAULT 0,
+        output_tokens integer NOT NULL DEFAULT 0,
+        cost_usd    double precision NOT NULL DEFAULT 0,
+        seconds     double precision,
+        created     text NOT NULL
+    );
+    CREATE INDEX triage_calls_item ON triage_calls (item_id, id);
+    CREATE INDEX triage_calls_created ON triage_calls (created);
+    CREATE TABLE review_batches (
+        id          text PRIMARY KEY,
+        items       text NOT NULL,                -- JSON list of item ids
+        created     text NOT NULL,
+        created_by  text NOT NULL,
+        notify      boolean NOT NULL DEFAULT false,  -- made by the notifier, to be sent
+        webhook_sent text,
+        dm_sent     text,
+        attempts    integer NOT NULL DEFAULT 0,
+        last_error  text
+    );
+    CREATE INDEX review_batches_created ON review_batches (created);
+    CREATE INDEX review_batches_undelivered ON review_batches (created)
+        WHERE notify AND (webhook_sent IS NULL OR dm_sent IS NULL);
+    CREATE TABLE review_attention (
+        item_id     bigint PRIMARY KEY REFERENCES review_items (id),
+        seen        text,
+        seen_by     text,
+        batch       text
+    );
+    """,
+    # 5: transparency posts, the plyr.fm compat tables, backfill progress, label-import rows
+    # (store/pg/transparency.py, plyr_compat.py, backfill.py, label_import.py): the same tables and
+    # rules as SQLite's migrations 3, 13, 14 and 15 (booleans where SQLite keeps 0/1). Uris, values
+    # and sort keys compared as ranges (keyset paging) use the "C" collation, SQLite's byte order.
+    """
+    CREATE TABLE backfill_repos (
+        did      text COLLATE "C" PRIMARY KEY,
+        pds      text,
+        state    text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+        cursor   text,                      -- listRecords cursor after the last committed page
+        records  bigint NOT NULL DEFAULT 0,
+        error    text,
+        attempts integer NOT NULL DEFAULT 0,
+        updated  text NOT NULL
+    );
+    CREATE INDEX backfill_repos_state ON backfill_repos (state, did);
+    CREATE TABLE transparency_posts (
+        id           bigserial PRIMARY KEY,
+        after_event  bigint NOT NULL UNIQUE,    -- moderation_event.id the previous batch ended at (0: none)
+        last_event   bigint NOT NULL,
+        period_start text NOT NULL,
+        period_end   text NOT NULL,
+        summary      text NOT NULL,             -- JSON: the counts
+        text         text NOT NULL,
+        rkey         text NOT NULL UNIQUE,      -- app.bsky.feed.post record key (a TID)
+        created      text NOT NULL,
+        attempts     integer NOT NULL DEFAULT 0,
+        last_error   text,
+        uri          text,
+        cid          text,
+        posted       text
+    );
+    CREATE INDEX transparency_posts_pending ON transparency_posts (id) WHERE posted IS NULL;
+    CREATE TABLE label_imports (
+        id        bigserial PRIMARY KEY,
+        source    text NOT NULL,
+        did       text NOT NULL DEFAULT '',
+        mode      text NOT NULL CHECK (mode IN ('query', 'stream')),
+        cursor    text,
+        state     text NOT NULL DEFAULT 'fetching' CHECK (state IN ('fetching', 'fetched')),
+        pages     bigint NOT NULL DEFAULT 0,
+        rows      bigint NOT NULL DEFAULT 0,
+        positions bigint NOT NULL DEFAULT 0,
+        high_seq  bigint,
+        started   text NOT NULL,
+        updated   text NOT NULL,
+        UNIQUE (source, did, mode)
+    );
+    CREATE TABLE label_import_rows (
+        import_id bigint NOT NULL REFERENCES label_imports (id),
+        ident     bytea NOT NULL,               -- SHA-256 of the label's signed fields
+        pos       bigint NOT NULL,
+        sub       integer NOT NULL DEFAULT 0,
+        src       text NOT NULL,
+        uri       text COLLATE "C" NOT NULL,
+        cid       text,
+        val       text COLLATE "C" NOT NULL,
+        neg       boolean NOT NULL,
+        cts       text NOT NULL,
+        exp       text,
+        ver       integer,
+        sig       bytea,
+        cts_key   text COLLATE "C" NOT NULL,    -- cts in UTC with microseconds, to sort by
+        verified  boolean,
+        outcome   text,                         -- NULL until applied: written | unchanged | invalid: why
+        label_seq bigint,
+        PRIMARY KEY (import_id, ident)
+    );
+    CREATE INDEX label_import_rows_order ON label_import_rows (import_id, outcome, cts_key, pos, sub);
+    CREATE INDEX label_import_rows_subject ON label_import_rows (import_id, uri, val, pos, sub);
+    CREATE TABLE plyr_events (
+        id               bigserial PRIMARY KEY,  -- the backend's events-since cursor
+        subject_uri      text NOT NULL,
+        subject_track_id bigint,
+        action           text NOT NULL,
+        actor            text NOT NULL,
+        reason           text,
+        notes            text,
+        created_at       text NOT NULL,
+        label_seq        bigint UNIQUE
+    );
+    CREATE INDEX plyr_events_subject ON plyr_events (subject_uri, id);
+    CREATE INDEX plyr_events_action ON plyr_events (action, id);
+    CREATE TRIGGER plyr_events_append_only BEFORE UPDATE OR DELETE ON plyr_events
+        FOR EACH ROW EXECUTE FUNCTION
+        firehose_mod_refuse('plyr_events is append-only: record a new event instead');
+    CREATE TRIGGER plyr_events_append_only_truncate BEFORE TRUNCATE ON plyr_events
+        FOR EACH STATEMENT EXECUTE FUNCTION
+        firehose_mod_refuse('plyr_events is append-only: record a new event instead');
+    CREATE TABLE plyr_state (
+        key   text PRIMARY KEY,
+        value bigint NOT NULL
+    );
+    CREATE TABLE plyr_sensitive_images (
+        id          bigserial PRIMARY KEY,
+        image_id    text,
+        url         text,
+        reason      text,
+        flagged_by  text,
+        flagged_at  text NOT NULL,
+        removed     text,
+        removed_by  text,
+        CHECK (image_id IS NOT NULL OR url IS NOT NULL)
+    );
+    CREATE TABLE plyr_reports (
+        id              bigserial PRIMARY KEY,
+        reporter_did    text NOT NULL,
+        reporter_handle text,
+        target_type     text NOT NULL,
+        target_id       text NOT NULL,
+        target_name     text,
+        target_url      text,
+        target_uri      text,
+        reason          text NOT NULL,
+        description     text,
+        screenshot_url  text,
+        report_id       bigint REFERENCES reports (id),
+        item_id         bigint REFERENCES review_items (id),
+        not_routed      text,
+        created_at      text NOT NULL
+    );
+    CREATE TRIGGER plyr_reports_append_only BEFORE UPDATE OR DELETE ON plyr_reports
+        FOR EACH ROW EXECUTE FUNCTION firehose_mod_refuse('plyr_reports are kept as received');
+    CREATE TRIGGER plyr_reports_append_only_truncate BEFORE TRUNCATE ON plyr_reports
+        FOR EACH STATEMENT EXECUTE FUNCTION firehose_mod_refuse('plyr_reports are kept as received');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,114 @@
+"""Review item and moderation event writes on PostgreSQL: store/review.py's `ReviewWriter`, inside
+a transaction someone else holds (the label log's, so the labels an event emitted or negated
+commit with it; `PgDecisionWriter.review`). The rules live in review/states.py and the row
+helpers in store/review.py: only the SQL differs.
+
+`moderation_event` is append-only (triggers, migration 4 of store/pg/schema.py). The items about
+to change are read `FOR NO KEY UPDATE`: a writer outside the label log's lock
+(`PgDecisionStore.record`, `resolve_reviews`) then waits for the item instead of deriving a state
+from a stale one. This module imports nothing that opens a pool, so the label log can import it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from firehose_mod.labels.model import now_iso
+from firehose_mod.review import states as st
+from firehose_mod.store.review import ITEM_COLUMNS, ActorRef, BuiltinActor, ReviewItem, _json, item_from_row
+
+__all__ = ["PgReviewWriter"]
+
+
+class PgReviewWriter:
+    """Item and event writes inside a transaction someone else holds on `conn` (`PgDecisionWriter.review`)."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+
+    async def open_item(self, uri: str, cid: str | None, value: str, reason: str, findings, *,
+                        actor: ActorRef, source: str = "scan", force: bool = False) -> int | None:
+        """Open an item and record its #modEventReport; None when it is not opened.
+
+        Not opened: an item for (uri, value) is still waiting, or (unless `force`) a person
+        already decided (uri, value) for this very cid: a rescan must not ask the same question again.
+        """
+        if not force and await self._decided(uri, cid, value):
+            return None
+        evidence = _json(findings)
+        kind = st.item_kind(json.loads(evidence), source)
+        now = now_iso()
+        # A waiting item for (uri, value) (the review_open index) makes this a no-op; one being
+        # opened by another transaction is waited for, then found.
+        item_id = await self._conn.fetchval(
+            "INSERT INTO review_items (uri, cid, value, reason, evidence, created, status, review_state, kind, source,"
+            " updated) VALUES ($1, $2, $3, $4, $5, $6, 'open', 'reviewOpen', $7, $8, $9)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            uri, cid, value, reason, evidence, now, kind, source, now)
+        if item_id is None:
+            return None
+        payload = {"source": source, "kind": kind, "evidence": json.loads(evidence)}
+        event_id = await self._insert_event(item_id, uri, cid, value, "modEventReport", "open", None, st.OPEN,
+                                            actor, reason, [], payload, now)
+        await self._conn.execute("UPDATE review_items SET last_event = $1 WHERE id = $2", event_id, item_id)
+        return item_id
+
+    async def _decided(self, uri: str, cid: str | None, value: str) -> bool:
+        found = await self._conn.fetchval(
+            "SELECT 1 FROM review_items WHERE uri = $1 AND value = $2 AND cid IS NOT DISTINCT FROM $3"
+            " AND status = ANY($4::text[]) LIMIT 1", uri, value, cid, sorted(st.DECIDED))
+        return found is not None
+
+    async def item(self, item_id: int) -> ReviewItem | None:
+        """The item as this transaction sees it (what an action checks its plan against), locked
+        until the transaction ends."""
+        row = await self._conn.fetchrow(f"SELECT {ITEM_COLUMNS} FROM review_items WHERE id = $1 FOR NO KEY UPDATE",
+                                        item_id)
+        return item_from_row(row) if row else None
+
+    async def waiting_for(self, uri: str, values: list[str] | None = None) -> list[ReviewItem]:
+        sql = f"SELECT {ITEM_COLUMNS} FROM review_items WHERE uri = $1 AND state = 'open'"
+        args: list = [uri]
+        if values:
+            sql += " AND value = ANY($2::text[])"
+            args.append(list(values))
+        rows = await self._conn.fetch(sql + " ORDER BY id FOR NO KEY UPDATE", *args)
+        return [item_from_row(r) for r in rows]
+
+    async def close_waiting(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
+        """Close the waiting items of `uri` as the system actor `actor`: "content-deleted" is a
+        #recordEvent (op delete), any other resolution a #modEventAcknowledge. Returns how many."""
+        action = "delete" if resolution == "content-deleted" else "resolve"
+        items = await self.waiting_for(uri, values)
+        for item in items:
+            await self.append(item, action, BuiltinActor("system", actor), reason=resolution)
+        return len(items)
+
+    async def append(self, item: ReviewItem, action: str, actor: ActorRef, *, reason: str | None = None,
+                     labels: list[dict] = (), payload: dict | None = None) -> int:
+        """Record `action` on `item` and derive its new state; TransitionError if it does not apply."""
+        after = st.next_status(action, item.status)
+        labels = list(labels)
+        etype = st.event_type(action, any(not x["neg"] for x in labels), any(x["neg"] for x in labels))
+        now = now_iso()
+        event_id = await self._insert_event(item.id, item.uri, item.cid, item.value, etype, action, item.status,
+                                            after, actor, reason, labels, payload or {}, now)
+        proposal = event_id if action == "propose" else (item.proposal_event if after == item.status else None)
+        closed = st.is_closed(after)
+        # resolution, resolved_by, resolved_at: the closing decision (legacy "resolve" keeps its free text)
+        resolved = ((reason if action == "resolve" else after), actor.name, now) if closed else (None, None, None)
+        await self._conn.execute(
+            "UPDATE review_items SET status = $1, review_state = $2, state = $3, proposal_event = $4, last_event = $5,"
+            " updated = $6, resolution = $7, resolved_by = $8, resolved_at = $9 WHERE id = $10",
+            after, st.review_state(after), "resolved" if closed else "open", proposal, event_id, now, *resolved,
+            item.id)
+        return event_id
+
+    async def _insert_event(self, item_id, uri, cid, value, etype, action, before, after, actor: ActorRef,
+                            reason, labels, payload, now) -> int:
+        return await self._conn.fetchval(
+            "INSERT INTO moderation_event (item_id, uri, cid, value, event_type, action, state_before, state_after,"
+            " actor_kind, actor_name, actor_via, reason, labels, payload, created)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+            item_id, uri, cid, value, etype, action, before, after, actor.kind, actor.name, actor.via, reason,
+            json.dumps(labels), json.dumps(payload, default=str), now)
