@@ -71,8 +71,8 @@ class Settings:
     database_url: str = field(
         default="", repr=False, metadata=_meta(
             "store", "database_url",
-            "postgresql://USER:PASSWORD@HOST:PORT/DB: the label log on PostgreSQL, shared by several"
-            " processes (empty: the SQLite file; never logged)")
+            "postgresql://USER:PASSWORD@HOST:PORT/DB: every table on PostgreSQL, shared by several"
+            " processes on several machines (empty: the SQLite file; never logged)")
     )
     stream_send_timeout: float = field(
         default=10.0,

@@ -17,7 +17,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from firehose_mod.compat.plyr import open_plyr_compat
-from firehose_mod.config import ConfigError, Settings
+from firehose_mod.config import Settings
 from firehose_mod.events import TrackEvent
 from firehose_mod.ingest.build import build_source
 from firehose_mod.ingest.metrics import IngestCollector
@@ -135,11 +135,6 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
     dependencies by `scan.registry.open_engine`, which the dry run and rescan share), then
     ingest, scan workers and the label server run in one task group: those of them that
     `settings.role` asks for (firehose_mod/roles.py)."""
-    if settings.database_url:  # issue 17 so far: the label log is on PostgreSQL, the rest is not
-        raise ConfigError(
-            "[store] database_url (env FIREHOSE_MOD_DATABASE_URL): on PostgreSQL only the label log runs so far:"
-            " use it with `firehose-mod serve` (stream servers) and `label emit`; `run` needs the scan queue and"
-            " review tables, which are still in SQLite: unset it for `run`")
     warn_if_opened(settings, log, command="run")
     role = parse_role(settings.role)
     async with AsyncExitStack() as stack:

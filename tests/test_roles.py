@@ -69,20 +69,39 @@ async def test_one_process_holds_the_source_and_a_standby_takes_over_when_it_is_
 
 
 # -- six processes ---------------------------------------------------------------------------------
-def db_rows(db: Path, sql: str) -> list[tuple]:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+LABEL_LOG_BACKENDS = ("sqlite", "postgres")
+
+
+class Db:
+    """Reads the shared database as an operator would, from outside the processes: the SQLite
+    file, or the PostgreSQL database at `url`."""
+
+    def __init__(self, path: Path, url: str | None):
+        self.path, self.url = path, url
+
+    async def rows(self, sql: str) -> list[tuple]:
+        if self.url:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.url)
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            except asyncpg.UndefinedTableError:
+                return []
+            finally:
+                await conn.close()
         try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return []
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            return []
 
-
-def head(db: Path) -> int:
-    rows = db_rows(db, "SELECT max(seq) FROM labels")
-    return rows[0][0] or 0 if rows else 0
+    async def head(self) -> int:
+        rows = await self.rows("SELECT max(seq) FROM labels")
+        return rows[0][0] or 0 if rows else 0
 
 
 class Proc:
@@ -129,15 +148,21 @@ async def follow(servers: list[Proc], got: Received, total: int) -> None:
 
 
 async def wait_for(what: str, check, timeout: float = 60) -> None:
+    """Until the async `check` is true (`what`: for the reader of a timeout)."""
     with anyio.fail_after(timeout):
-        while not check():
+        while not await check():
             await anyio.sleep(0.05)
 
 
+async def _at_least(db: Db, seq: int) -> bool:
+    return await db.head() >= seq
+
+
 @pytest.mark.slow
-async def test_ingest_standby_two_workers_two_servers_survive_one_of_each_killed(tmp_path):
+async def test_ingest_standby_two_workers_two_servers_survive_one_of_each_killed(tmp_path, backend, request):
     data = tmp_path / "var"
-    db = data / "firehose-mod.sqlite3"
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    db = Db(data / "firehose-mod.sqlite3", url)
     total = 48
     media = MediaServer()
     png = io.BytesIO()
@@ -156,7 +181,8 @@ async def test_ingest_standby_two_workers_two_servers_survive_one_of_each_killed
                           FIREHOSE_MOD_SCANNERS="cover-art", FIREHOSE_MOD_COVER_NSFW="false",
                           FIREHOSE_MOD_PDQ_BLOCKLIST=str(tmp_path / "pdq.txt"),
                           FIREHOSE_MOD_MEDIA_ALLOW_NETWORKS="127.0.0.1/32", FIREHOSE_MOD_MEDIA_ALLOW_HTTP="true",
-                          FIREHOSE_MOD_SCAN_LEASE="3", FIREHOSE_MOD_STREAM_POLL_INTERVAL="0.05")
+                          FIREHOSE_MOD_SCAN_LEASE="3", FIREHOSE_MOD_STREAM_POLL_INTERVAL="0.05",
+                          **({"FIREHOSE_MOD_DATABASE_URL": url} if url else {}))
             try:
                 ingest_a = Proc("ingest-a", env, data)
                 procs.append(ingest_a)
@@ -170,24 +196,26 @@ async def test_ingest_standby_two_workers_two_servers_survive_one_of_each_killed
                 for i, got in enumerate(subscribers):
                     tg.start_soon(follow, servers[i % 2:] + servers[:i % 2], got, total)
 
-                await wait_for("the first labels", lambda: head(db) >= 16)
+                await wait_for("the first labels", lambda: _at_least(db, 16))
                 ingest_a.kill()  # the leader dies: the standby takes the source from the saved cursor
                 serve_1.kill()  # half the subscribers lose their server mid-stream
                 fake.append(*[track_event(i, cover) for i in range(16, 32)])
-                await wait_for("the standby's labels", lambda: head(db) >= 32)
+                await wait_for("the standby's labels", lambda: _at_least(db, 32))
 
                 media.held.set()  # a scan that stays in flight until the test lets it go
                 fake.append(track_event(32, f"{media.base}/hold/32"))
-                await wait_for("scan-1 holding it", lambda: db_rows(
-                    db, "SELECT uri FROM scan_jobs WHERE state = 'running' AND worker = 'scan-1'")
-                    == [(f"at://{ARTIST}/fm.plyr.track/3ktrack00032",)])
+                async def held() -> bool:
+                    return await db.rows("SELECT uri FROM scan_jobs WHERE state = 'running' AND worker = 'scan-1'") \
+                        == [(f"at://{ARTIST}/fm.plyr.track/3ktrack00032",)]
+
+                await wait_for("scan-1 holding it", held)
                 scan_1.kill()  # with a leased job in hand
                 scan_2 = Proc("scan-2", env, data)
                 procs.append(scan_2)
                 await scan_2.healthy()
                 media.held.clear()
                 fake.append(*[track_event(i, cover) for i in range(33, total)])
-                await wait_for("every label", lambda: head(db) >= total)
+                await wait_for("every label", lambda: _at_least(db, total))
                 with anyio.fail_after(60):
                     while any(len(got.seqs) < total for got in subscribers):
                         await anyio.sleep(0.05)
@@ -201,13 +229,62 @@ async def test_ingest_standby_two_workers_two_servers_survive_one_of_each_killed
                 tg.cancel_scope.cancel()
     for got in subscribers:
         assert got.seqs == list(range(1, total + 1))  # every label once, in order, across a server's death
-    labels = db_rows(db, "SELECT uri, val, neg FROM labels ORDER BY seq")
+    labels = await db.rows("SELECT uri, val, neg FROM labels ORDER BY seq")
     assert len(labels) == total and len({u for u, _, _ in labels}) == total  # one label per track: none twice
-    jobs = db_rows(db, "SELECT uri, state, attempts, worker FROM scan_jobs ORDER BY id")
+    jobs = await db.rows("SELECT uri, state, attempts, worker FROM scan_jobs ORDER BY id")
     assert len(jobs) == total and all(state == "done" for _, state, _, _ in jobs)  # none lost
     retried = {uri.rsplit("/", 1)[1]: (attempts, worker) for uri, _, attempts, worker in jobs if attempts > 1}
     assert retried == {"3ktrack00032": (2, "scan-2")}  # the dead worker's job, taken once more after its lease
     assert status["role"] == "ingest-b" and status["ingest"]["leader"] is True
     assert "ingest.took_over" in (tmp_path / "ingest-b.log").read_text()
+    if url:  # every process kept everything in PostgreSQL: no SQLite file was made
+        assert not (data / "firehose-mod.sqlite3").exists()
     resumed = [c for c in fake.connections[1:] if "cursor=" in c]
     assert resumed, fake.connections  # the standby started from the cursor the leader saved
+
+
+@pytest.mark.backends("postgres")
+async def test_a_leader_whose_postgresql_session_ends_stops_and_the_standby_takes_the_source(tmp_path, backend,
+                                                                                              pg_url):
+    import asyncpg
+
+    data = tmp_path / "var"
+    fake = FakeJetstream([track_event(i) for i in range(4)], pace=0.01)
+    procs: list[Proc] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(fake.serve)
+        env = env_for(data, None, FIREHOSE_MOD_JETSTREAM_ENDPOINTS=fake.url, FIREHOSE_MOD_JETSTREAM_COMPRESS="false",
+                      FIREHOSE_MOD_SCANNERS="text", FIREHOSE_MOD_DATABASE_URL=pg_url)
+        try:
+            ingest_a = Proc("ingest-a", env, data)
+            procs.append(ingest_a)
+            await ingest_a.healthy()
+            ingest_b = Proc("ingest-b", env, data)
+            procs.append(ingest_b)
+            await ingest_b.healthy()
+            conn = await asyncpg.connect(pg_url)
+            try:  # the leader's session ends under it (a failover, an admin, a network cut)
+                ended = await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                         " WHERE application_name LIKE 'firehose-mod source lock: ingest-a%'")
+            finally:
+                await conn.close()
+            assert len(ended) == 1
+            with anyio.fail_after(30):
+                while ingest_a.proc.poll() is None:
+                    await anyio.sleep(0.1)
+            async with httpx.AsyncClient() as client:
+                token = (data / "admin.token").read_text().strip()
+                with anyio.fail_after(30):
+                    while True:
+                        status = (await client.get(f"http://127.0.0.1:{ingest_b.port}/admin/status",
+                                                   headers={"authorization": f"Bearer {token}"})).json()
+                        if status["ingest"]["leader"]:
+                            break
+                        await anyio.sleep(0.1)
+        finally:
+            for p in procs:
+                p.proc.kill()
+            tg.cancel_scope.cancel()
+    assert ingest_a.proc.returncode == 2  # stopped, saying why: systemd starts it again, as a standby
+    assert "lost the source lock" in ingest_a.log.read_text()
+    assert "ingest.took_over" in ingest_b.log.read_text()
