@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from firehose_mod.config import Settings
 from firehose_mod.store.backfill import BackfillStore
+from firehose_mod.store.catalogue import CatalogueStore
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.decisions import DecisionStore
 from firehose_mod.store.ingest import IngestStore
@@ -16,6 +17,7 @@ from firehose_mod.store.label_import import ImportStore
 from firehose_mod.store.nonces import NonceStore
 from firehose_mod.store.operators import OperatorStore
 from firehose_mod.store.pg.backfill import PgBackfillStore
+from firehose_mod.store.pg.catalogue import PgCatalogueStore
 from firehose_mod.store.pg.ingest import PgIngestStore
 from firehose_mod.store.pg.label_import import PgImportStore
 from firehose_mod.store.pg.nonces import PgNonceStore
@@ -31,7 +33,7 @@ from firehose_mod.store.review import ReviewStore
 from firehose_mod.store.source_lock import PgSourceLock, SourceLock
 from firehose_mod.store.transparency import TransparencyStore
 
-__all__ = ["open_backfill_store", "open_decision_store", "open_import_store", "open_ingest_store", "open_nonce_store",
+__all__ = ["open_backfill_store", "open_catalogue_store", "open_decision_store", "open_import_store", "open_ingest_store", "open_nonce_store",
            "open_operator_store", "open_plyr_store", "open_report_store", "open_review_store",
            "open_transparency_store", "source_lock"]
 
@@ -127,3 +129,11 @@ async def open_decision_store(settings: Settings, *, busy_wait: float | None = N
         yield store
     finally:
         await close_shielded(store)
+
+
+def open_catalogue_store(settings: Settings, *, busy_wait: float | None = None
+                         ) -> AbstractAsyncContextManager[CatalogueStore | PgCatalogueStore]:
+    """The copyright catalogue's rows: reference recordings and indexed uploads with their
+    fingerprints (`busy_wait` as for open_operator_store). The index over them is each scan
+    machine's own (scan/catalogue.py)."""
+    return _opened(settings, CatalogueStore, PgCatalogueStore, busy_wait)
