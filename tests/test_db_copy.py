@@ -359,7 +359,7 @@ async def test_errors_are_one_line_with_the_fix(tmp_path, pg_url):
     cases = [
         (("--from", f"sqlite:{tmp_path / 'none.sqlite3'}", "--to", pg_url), "no SQLite database at"),
         (("--from", f"sqlite:{db_path}", "--to", "postgresql://fm:secret@127.0.0.1:1/x"),
-         "cannot connect to PostgreSQL at 127.0.0.1:1/x"),
+         "cannot connect to PostgreSQL at postgresql://127.0.0.1:1/x"),
         (("--from", str(db_path), "--to", pg_url), "give the SQLite database as sqlite:PATH"),
     ]
     for args, expected in cases:

@@ -1,6 +1,7 @@
 """`firehose-mod db backup DEST`: an online, consistent copy of the database (see ops/backup.py);
 `firehose-mod db migrate`: bring the schema up to this version's (store/schema.py);
-`firehose-mod db copy`: the SQLite label log onto PostgreSQL, resumable and verified (ops/db_copy.py)."""
+`firehose-mod db copy`: the SQLite deployment onto PostgreSQL, resumable and verified (ops/db_copy.py,
+ops/db_copy_tables.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,19 @@ def add_parser(sub) -> None:
 
 
 COPY_DESCRIPTION = """\
-Copy the SQLite label log onto PostgreSQL, so `firehose-mod serve` processes on other
-machines can serve it ([store] database_url). Every label keeps its seq, fields, signature
-and wire CBOR byte for byte; label_state is rebuilt, the head and a raised seq floor carry
-over (the next label on PostgreSQL gets the seq SQLite would have given it), and the
-decision rows follow with their ids.
+Copy a SQLite deployment onto PostgreSQL, so firehose-mod processes on other machines
+share it ([store] database_url). Every label keeps its seq, fields, signature and wire
+CBOR byte for byte; label_state is rebuilt, the head and a raised seq floor carry over
+(the next label on PostgreSQL gets the seq SQLite would have given it), and the decision
+rows follow with their ids.
+
+Then every other table both databases have, with its ids: the source cursors (ingest
+resumes where it stopped), tracks, the scan queue, dead letters, repo events, rescans,
+operators and admin-page sessions, service-auth nonces, reports, the review desk (items,
+moderation events, triage calls, batches, seen marks), transparency posts, the plyr.fm
+tables, backfill and label-import progress. Values take PostgreSQL's column types (0/1
+become booleans); each id sequence is set past the source's ids. A table PostgreSQL does
+not have (yet) is listed as "not on PostgreSQL": its rows stay in SQLite only.
 
 The SQLite file is only read (mode=ro), in one snapshot taken at start. Stop the daemon
 first (or copy a `db backup`): a daemon still writing is not blocked (its WAL just grows
@@ -50,11 +59,15 @@ just those.
 
 Resumable: batches are committed one transaction each under the label log's write lock;
 after a kill, run the same command again and it goes on from the highest seq already on
-PostgreSQL. A PostgreSQL log holding labels that are not this source's is refused.
+PostgreSQL; the other tables are merged by primary key (what is missing is inserted, what
+changed since, such as a cursor, is updated; append-only tables only ever get inserts).
+A PostgreSQL database holding labels or rows that are not this source's is refused before
+anything is written.
 
 Verified at the end: counts and heads, every label's columns per range of 10,000 seqs
-(count, first, last, digest), label_state and decisions the same way, and the signatures
-of a random sample read back from PostgreSQL. Exit 0: copied and verified; 1: the
+(count, first, last, digest), label_state and decisions the same way, the signatures
+of a random sample read back from PostgreSQL, and every other table's count and rows
+compared after the same conversion. Exit 0: copied and verified; 1: the
 verification found a difference (listed); 2: nothing or only part copied (the error says why).
 """
 
@@ -68,13 +81,15 @@ a move, step by step:
 
 
 def add_copy_parser(db) -> None:
-    copy = db.add_parser("copy", help="copy the SQLite label log onto PostgreSQL (resumable, verified)",
+    copy = db.add_parser("copy", help="copy the SQLite database (label log, cursors, queue, desk, ...) onto"
+                         " PostgreSQL (resumable, verified)",
                          description=COPY_DESCRIPTION, epilog=COPY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     copy.add_argument("--from", dest="copy_from", metavar="sqlite:PATH",
                       help="the SQLite database to read (default: this data directory's database)")
     copy.add_argument("--to", dest="copy_to", metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
                       help="the PostgreSQL database to fill (default: [store] database_url, FIREHOSE_MOD_DATABASE_URL)")
-    copy.add_argument("--batch", type=int, default=5000, help="labels per PostgreSQL transaction (default 5000)")
+    copy.add_argument("--batch", type=int, default=5000,
+                      help="labels (or rows of the other tables) per PostgreSQL transaction (default 5000)")
     copy.add_argument("--sample", type=int, default=1000,
                       help="labels whose signatures are checked on PostgreSQL at the end (default 1000; all if fewer)")
     copy.add_argument("--no-verify", action="store_true", help="skip the verification (it reads both sides again)")
@@ -211,16 +226,36 @@ async def db_copy(settings: Settings, args: argparse.Namespace) -> int:
 def _render_copy(r) -> None:
     _out(f"source   {r.source}: head {r.source_head}, {r.source_labels} labels, {r.source_decisions} decisions")
     _out(f"target   {r.target}" + (f": resumed after seq {r.resumed_from}" if r.resumed_from else ""))
-    _out(f"copied   {r.copied_labels} labels, {r.copied_decisions} decisions in {r.batches} batches, {r.seconds:.1f} s"
-         f"; the next label on PostgreSQL gets seq {r.source_head + 1}")
+    _out(f"copied   {r.copied_labels} labels, {r.copied_decisions} decisions, {r.copied_rows} rows of other tables in"
+         f" {r.batches} batches, {r.seconds:.1f} s; the next label on PostgreSQL gets seq {r.source_head + 1}")
+    for t in r.tables:
+        if t["status"] == "not on PostgreSQL":
+            continue
+        if t["status"] == "copied":
+            what = f"{t['source_rows']} rows: +{t['inserted']} inserted, ~{t['updated']} updated, -{t['deleted']} deleted"
+        else:
+            what = "empty" if t["status"] == "unchanged" and not t["source_rows"] else f"{t['source_rows']} rows, {t['status']}"
+        notes = []
+        if t["unfit"] or t["refused"]:
+            notes.append(f"{t['unfit'] + t['refused']} rows PostgreSQL cannot take, left out")
+        if t["dropped_columns"]:
+            notes.append(f"columns not on PostgreSQL: {', '.join(t['dropped_columns'])}")
+        if t["next_ids"]:
+            notes.append("next " + ", ".join(f"{c} {n}" for c, n in t["next_ids"].items()))
+        _out(f"  {t['table']:<24} {what}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if r.not_on_postgresql:
+        _out("not on PostgreSQL (left in SQLite only): "
+             + ", ".join(f"{name} ({n} rows)" for name, n in sorted(r.not_on_postgresql.items())))
     v = r.verification
     if v is not None:
         _out(f"compared {v.labels} labels and head {v.head} with the source's, in {v.seconds:.1f} s:")
         _out(f"         {v.ranges} ranges of 10,000 seqs: count, first, last and a digest of every column")
         _out(f"         label_state ({v.state_rows} rows) and decisions ({v.decisions} rows) the same way")
+        if v.tables:
+            _out(f"         {v.tables} other tables ({v.table_rows} rows): counts and every row")
         _out(f"         signatures of {v.sampled} random labels read back from PostgreSQL, checked against"
              f" {', '.join(v.keys) or '-'}")
-        _out("result   OK: PostgreSQL holds exactly the source's label log" if v.ok
+        _out("result   OK: PostgreSQL holds exactly the source's label log and tables" if v.ok
              else f"result   {len(v.problems)} problem(s):")
         for p in v.problems:
             _out(f"  {p}")

@@ -10,6 +10,11 @@ the copy goes on from the first source label above M. The target must be a prefi
 source: same count up to M, and the labels at its lowest, highest and a few random seqs equal
 field for field; the same for decisions by id. Anything else is refused (`CopyRefused`).
 
+Every other table both databases have (source cursors, tracks, the scan queue, operators,
+reports, the review desk, ...) follows the decisions: ops/db_copy_tables.py, checked for
+foreign rows before anything is written, merged by primary key, its id sequences set past the
+source's ids, and compared row for row at the end.
+
 Verification, after the copy: label counts and heads equal; per range of 10,000 seqs, the
 count, lowest, highest seq and a digest of every column of every label equal on both sides (so
 the seq sets and the bytes are equal); the same for label_state (by seq) and decisions (by id);
@@ -29,6 +34,7 @@ import structlog
 
 from firehose_mod.labels.model import Label
 from firehose_mod.labels.signing import verify_label
+from firehose_mod.ops.db_copy_tables import CopyRefused, TableCopier
 from firehose_mod.store.label_export import SqliteLabelSource
 from firehose_mod.store.pg.copy import PgCopyTarget
 
@@ -42,10 +48,6 @@ READ_PAGE = 10_000
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-class CopyRefused(Exception):
-    """The target holds labels (or decisions) that are not this source's; the message says how to go on."""
-
-
 @dataclass
 class Verification:
     labels: int = 0
@@ -55,6 +57,8 @@ class Verification:
     decisions: int = 0
     sampled: int = 0  # signatures checked on the PostgreSQL side
     keys: list[str] = field(default_factory=list)  # the did:keys the sampled labels were signed by
+    tables: int = 0  # other tables compared row for row
+    table_rows: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -77,6 +81,9 @@ class CopyReport:
     seconds: float = 0.0
     source_head_now: int | None = None  # the source's head after the copy (above source_head: a daemon wrote)
     verification: Verification | None = None
+    copied_rows: int = 0  # the other tables: rows inserted, updated or deleted
+    tables: list[dict] = field(default_factory=list)  # one entry per table (ops/db_copy_tables.py)
+    not_on_postgresql: dict[str, int] = field(default_factory=dict)  # table -> its rows left in SQLite
 
     @property
     def left_behind(self) -> int:
@@ -93,22 +100,29 @@ class CopyReport:
 
 async def copy_label_log(source: SqliteLabelSource, target: PgCopyTarget, *, source_name: str, target_name: str,
                          batch: int = BATCH, sample: int = 1000, verify: bool = True,
-                         progress: Progress | None = None) -> CopyReport:
-    """Copy `source` into `target` (resuming a previous run), then verify; see the module docstring."""
+                         progress: Progress | None = None, tables: bool = True) -> CopyReport:
+    """Copy `source` into `target` (resuming a previous run), then verify; see the module docstring.
+    `tables`: the other tables too (ops/db_copy_tables.py)."""
     await target.hold_write_lock()
     try:
+        if tables:
+            await target.hold_source_lock()
         return await _copy_locked(source, target, source_name=source_name, target_name=target_name, batch=batch,
-                                  sample=sample, verify=verify, progress=progress)
+                                  sample=sample, verify=verify, progress=progress, tables=tables)
     finally:
         await target.release_write_lock()
 
 
 async def _copy_locked(source: SqliteLabelSource, target: PgCopyTarget, *, source_name: str, target_name: str,
-                       batch: int, sample: int, verify: bool, progress: Progress | None) -> CopyReport:
+                       batch: int, sample: int, verify: bool, progress: Progress | None, tables: bool) -> CopyReport:
     started = time.monotonic()
     snap = source.snapshot
     status = await target.status()
     await _check_prefix(source, target, status)
+    copier = TableCopier(source, target, batch=batch, progress=progress) if tables else None
+    if copier is not None:  # refuses a foreign target before anything is written
+        await copier.plan()
+        await copier.preflight(proven=bool(status["labels"] or status["decisions"]))
     report = CopyReport(source=source_name, target=target_name, source_head=snap.head, source_labels=snap.labels,
                         source_decisions=snap.decisions, resumed_from=status["max_seq"])
     log.info("db_copy.start", source=source_name, target=target_name, source_head=snap.head, labels=snap.labels,
@@ -117,11 +131,20 @@ async def _copy_locked(source: SqliteLabelSource, target: PgCopyTarget, *, sourc
     report.batches += n
     report.copied_decisions, n = await _copy_decisions(source, target, status["max_decision"], batch, progress)
     report.batches += n
+    if copier is not None:
+        for t in await copier.copy():
+            report.copied_rows += t.inserted + t.updated + t.deleted
+            report.batches += t.batches
+        report.not_on_postgresql = dict(copier.not_on_postgresql)
     report.seconds = round(time.monotonic() - started, 3)
     log.info("db_copy.copied", labels=report.copied_labels, decisions=report.copied_decisions,
-             batches=report.batches, seconds=report.seconds)
+             rows=report.copied_rows, batches=report.batches, seconds=report.seconds)
+    if report.not_on_postgresql:
+        log.warning("db_copy.tables_not_on_postgresql", tables=report.not_on_postgresql)
     if verify:
-        report.verification = await verify_copy(source, target, sample=sample, progress=progress)
+        report.verification = await verify_copy(source, target, sample=sample, progress=progress, tables=copier)
+    if copier is not None:
+        report.tables = [t.as_dict() for t in copier.reports.values()]
     report.source_head_now = await source.head_now()
     if report.left_behind:
         log.warning("db_copy.source_moved_on", snapshot_head=snap.head, head_now=report.source_head_now)
@@ -237,7 +260,7 @@ def _compare(what: str, ours: RangeDigests, theirs: RangeDigests, problems: list
 
 
 async def verify_copy(source: SqliteLabelSource, target: PgCopyTarget, *, sample: int = 1000,
-                      progress: Progress | None = None) -> Verification:
+                      progress: Progress | None = None, tables: TableCopier | None = None) -> Verification:
     """Compare the target with the source snapshot; see the module docstring for what is checked."""
     snap = source.snapshot
     started = time.monotonic()
@@ -260,6 +283,10 @@ async def verify_copy(source: SqliteLabelSource, target: PgCopyTarget, *, sample
     theirs, _ = await _digest(target.decisions_after, 0, None, "", 0)
     _compare("decision ids", ours, theirs, v.problems)
     await _check_signatures(target, sample, v)
+    if tables is not None:
+        await tables.verify(v.problems)
+        v.tables = len(tables.plans)
+        v.table_rows = sum(tables.reports[p.name].target_rows or 0 for p in tables.plans)
     v.seconds = round(time.monotonic() - started, 3)
     log.info("db_copy.verified", ok=v.ok, labels=v.labels, head=v.head, ranges=v.ranges, state_rows=v.state_rows,
              decisions=v.decisions, signatures=v.sampled, seconds=v.seconds, problems=v.problems[:3])

@@ -10,6 +10,9 @@ Rows leave as plain tuples in one column order, shared with store/pg/copy.py:
 `LabelRow` (seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor) with `neg` a bool and
 `sig`/`cbor` bytes, and `DecisionRow` (id, uri, cid, action, value, origin, rule,
 policy_version, scanners, evidence, label_seq, actor, reason, created).
+
+The other tables (ops/db_copy_tables.py) are read through the same snapshot: `user_tables`,
+`count_rows`, `autoincrement_counters` and `read` (a SELECT, rows as plain tuples).
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ _HEAD_SQL = (
     "SELECT max(coalesce((SELECT max(seq) FROM labels), 0),"
     " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'labels'), 0))"
 )
+
+
+_SHADOW_SUFFIXES = ("_content", "_data", "_idx", "_docsize", "_config", "_segments", "_segdir", "_stat")
+
+
+def shadow_tables(tables: dict[str, str | None]) -> set[str]:
+    """SQLite's internal tables, virtual (FTS) tables and their shadow tables, from name -> sql."""
+    virtual = {n for n, sql in tables.items() if (sql or "").upper().startswith("CREATE VIRTUAL TABLE")}
+    return {n for n in tables
+            if n.startswith("sqlite_") or n in virtual
+            or any(n.startswith(v + "_") and n[len(v):] in _SHADOW_SUFFIXES for v in virtual)}
 
 
 class SourceError(Exception):
@@ -157,3 +171,33 @@ class SqliteLabelSource:
         if not self._has_decisions:
             return 0
         return (await self._conn.execute_fetchall("SELECT count(*) FROM decisions WHERE id <= ?", (id_,)))[0][0]
+
+    # -- the other tables (ops/db_copy_tables.py) -------------------------------------------
+    async def user_tables(self) -> dict[str, list[str]]:
+        """name -> its columns, for every table but SQLite's internal, virtual (FTS) and shadow ones."""
+        tables = {r[0]: r[1] for r in await self._conn.execute_fetchall(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+        skip = shadow_tables(tables)
+        out: dict[str, list[str]] = {}
+        for name in sorted(tables):
+            if name in skip:
+                continue
+            rows = await self._conn.execute_fetchall("SELECT name FROM pragma_table_info(?) ORDER BY cid", (name,))
+            out[name] = [r[0] for r in rows]
+        return out
+
+    async def count_rows(self, table: str) -> int:
+        quoted = '"' + table.replace('"', '""') + '"'
+        return (await self._conn.execute_fetchall(f"SELECT count(*) FROM {quoted}"))[0][0]
+
+    async def autoincrement_counters(self) -> dict[str, int]:
+        """sqlite_sequence: the highest id each AUTOINCREMENT table ever gave out."""
+        try:
+            rows = await self._conn.execute_fetchall("SELECT name, seq FROM sqlite_sequence")
+        except sqlite3.OperationalError:  # no AUTOINCREMENT table was ever written
+            return {}
+        return {name: seq for name, seq in rows if isinstance(seq, int)}
+
+    async def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """A SELECT on the snapshot (query_only: nothing else runs)."""
+        return [tuple(r) for r in await self._conn.execute_fetchall(sql, params)]

@@ -23,7 +23,7 @@ from firehose_mod.store.label_export import (
     LabelRow,
 )
 from firehose_mod.store.pg.label_log import DatabaseUnreachable
-from firehose_mod.store.pg.schema import WRITE_LOCK, migrate
+from firehose_mod.store.pg.schema import SOURCE_LOCK, WRITE_LOCK, migrate
 
 _LABELS = ", ".join(LABEL_COLUMNS)
 _DECISIONS = ", ".join(DECISION_COLUMNS)
@@ -44,6 +44,7 @@ class PgCopyTarget:
     def __init__(self, conn: asyncpg.Connection, busy_wait: float):
         self._conn = conn
         self.busy_wait = busy_wait
+        self._source_lock = False
         # A seam for tests: called inside each batch's transaction, after its rows are written and
         # before the commit (a test kills the process there).
         self.before_commit: Callable[[str, int], None] | None = None
@@ -64,6 +65,11 @@ class PgCopyTarget:
 
     async def close(self) -> None:
         await self._conn.close()
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """The copy's connection (ops/db_copy_tables.py writes the other tables through it)."""
+        return self._conn
 
     # -- state ----------------------------------------------------------------------------
     async def status(self) -> dict[str, int]:
@@ -104,11 +110,29 @@ class PgCopyTarget:
             await self._lock("pg_advisory_lock")
 
     async def release_write_lock(self) -> None:
-        """Release the session's write lock; a lost connection has released it already."""
+        """Release the session's write lock (and the source lock, if held); a lost connection has
+        released them already."""
         try:
             await self._conn.execute("SELECT pg_advisory_unlock($1)", WRITE_LOCK)
+            if self._source_lock:
+                await self._conn.execute("SELECT pg_advisory_unlock($1)", SOURCE_LOCK)
+                self._source_lock = False
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass  # the error that ended the copy is the one to report
+
+    async def hold_source_lock(self) -> None:
+        """Hold the ingest source lock (store/source_lock.py) for the copy, so no ingest process on
+        this database moves the cursors or the scan queue under it; a standby waits until the copy
+        ends, then resumes from the copied cursor. CopyConflict if an ingest process holds it."""
+        if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", SOURCE_LOCK):
+            self._source_lock = True
+            return
+        holder = await self._conn.fetchval(
+            "SELECT a.application_name || ' (pid ' || a.pid || ')' FROM pg_locks l JOIN pg_stat_activity a"
+            " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = $1 LIMIT 1", SOURCE_LOCK)
+        raise CopyConflict(f"an ingest process already runs on this PostgreSQL database ({holder or 'holder gone'}):"
+                           " it would move the source cursors and the scan queue during the copy")
 
     async def _locked(self) -> None:
         """Inside a transaction: the write lock for it too (re-entrant under the session's)."""

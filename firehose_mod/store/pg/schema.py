@@ -474,6 +474,11 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE catalogue_hashes ALTER COLUMN data SET STORAGE EXTERNAL;  -- packed floats: TOAST compression buys nothing
     """,
+    # 7: dead letters kept by SQLite before its migration 8 have no fingerprint: `db copy` moves
+    # them as they are (the fingerprint stays unique where there is one).
+    """
+    ALTER TABLE dead_letters ALTER COLUMN fingerprint DROP NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
