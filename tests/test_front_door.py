@@ -18,10 +18,11 @@ from firehose_mod.server.admin import auth_header, token_path
 from firehose_mod.server.app import LabelServer
 from firehose_mod.server.feed import LabelFeed
 from firehose_mod.server.metrics import ServerMetrics
+from firehose_mod.store import EmitRequest
 from firehose_mod.server.xrpc import MAX_BODY, json_response, procedure
 
 from tests.conftest import Running
-from tests.stream_client import Received, collect, subscribe
+from tests.stream_client import Received, collect, subscribe, tiny_receive_buffer_socket
 
 pytestmark = pytest.mark.anyio
 
@@ -189,6 +190,28 @@ async def test_a_subscriber_that_answers_no_ping_is_cut(settings, label_log):
         await stream.aclose()
         tg.cancel_scope.cancel()
     assert 'firehose_mod_disconnects_total{reason="ping_timeout"} 1.0' in metrics
+
+
+async def test_a_subscriber_reading_a_long_backlog_is_not_cut_for_a_pong_queued_behind_it(settings, label_log):
+    # Its pong can only come once it has read the frames queued before the ping: far more than
+    # ping_timeout here. It is reading all along, so it stays connected and gets everything.
+    settings = replace(settings, stream_ping_interval=0.1, stream_ping_timeout=0.2)
+    total = 20_000
+    await label_log.emit_many([EmitRequest(f"at://did:plc:backlog/fm.plyr.track/{i:06d}", "porn")
+                               for i in range(total)])
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(run_server, settings, label_log)
+        got = Received()
+        async with subscribe(f"ws://127.0.0.1:{server.port}", 0, ping_interval=None,
+                             sock=tiny_receive_buffer_socket(server.port)) as ws:
+            with anyio.fail_after(120):
+                while len(got.seqs) < total:
+                    await collect(ws, got, count=len(got.seqs) + 200)
+                    await anyio.sleep(0.01)  # a slow reader: about 20,000 frames/s at most, 1 s+ behind
+        metrics = server.metrics.render().decode()
+        tg.cancel_scope.cancel()
+    assert got.seqs == list(range(1, total + 1))
+    assert 'reason="ping_timeout"' not in metrics
 
 
 async def test_oversized_header_lines_and_too_many_headers_are_refused(running: Running):

@@ -23,6 +23,10 @@ variant has to be a path prefix, not a query parameter).
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
+
 import anyio
 import structlog
 from aiohttp import WSMsgType, web
@@ -63,6 +67,22 @@ class SubscriberSocket:
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
+
+    def delivered(self, written: int) -> int:
+        """Of `written` bytes handed to the transport, those the client's side has acknowledged:
+        what is neither in the transport's buffer nor in the kernel's send queue (Linux
+        SIOCOUTQ; elsewhere the kernel's queue counts as taken). It grows only while the client
+        reads, since its receive window opens only then."""
+        if self._transport is None:
+            return written
+        unsent = self._transport.get_write_buffer_size()
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return written - unsent
 
     async def drain(self) -> None:
         # aiohttp's flow-control wait (resolved by resume_writing, or raises on connection loss).
@@ -192,17 +212,21 @@ async def _read_client(ws: web.WebSocketResponse, metrics: ServerMetrics, sub: S
 
 
 async def _keepalive(sock: SubscriberSocket, sub: Subscriber, interval: float, timeout: float) -> None:
-    """A ping every `interval` s; no pong within `timeout` s: the connection is dead, cut it."""
+    """A ping every `interval` s; no pong within `timeout` s and nothing read meanwhile: the
+    connection is dead, cut it. A subscriber still reading a backlog reaches the ping only after
+    the frames queued before it: while the kernel keeps taking its bytes it is alive (how far it
+    may fall behind is the send_timeout rule's business, not the ping's)."""
     while True:
         await anyio.sleep(interval)
         sub.pong = anyio.Event()
+        reading = sock.delivered(sub.bytes_sent)
         try:
             await sock.ws.ping()
         except ConnectionError:
             return  # the reader sees the end of the connection
         with anyio.move_on_after(timeout):
             await sub.pong.wait()
-        if not sub.pong.is_set():
+        if not sub.pong.is_set() and sock.delivered(sub.bytes_sent) <= reading:
             sub.keepalive_failed = True
             sock.abort()
             return
