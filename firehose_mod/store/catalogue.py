@@ -151,3 +151,32 @@ class CatalogueStore(Store):
                 else:
                     stale.append(ref)
         return loaded, stale
+
+    async def live_refs(self, fp_version: str) -> tuple[dict[str, tuple[int, str]], list[str]]:
+        """({ref: (row id, added)} of every live ref with hashes made by `fp_version`, [refs made by
+        another version]): what an on-disk index segment is checked against at start, without
+        reading a single fingerprint."""
+        live, stale = {}, []
+        async with self._reading(
+            "SELECT r.id, r.ref, r.added, r.fp_version FROM catalogue_refs r"
+            " WHERE r.removed = 0 AND EXISTS (SELECT 1 FROM catalogue_hashes h WHERE h.ref_id = r.id) ORDER BY r.id"
+        ) as cur:
+            async for row_id, ref, added, version in cur:
+                if version == fp_version:
+                    live[ref] = (row_id, added)
+                else:
+                    stale.append(ref)
+        return live, stale
+
+    async def load_entries(self, row_ids: list[int]) -> list[tuple[str, int, str, bytes]]:
+        """[(ref, row id, added, packed entries)] of these rows (live ones with hashes), by id."""
+        out = []
+        for i in range(0, len(row_ids), 500):
+            part = row_ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            async with self._reading(
+                "SELECT r.ref, r.id, r.added, h.data FROM catalogue_refs r JOIN catalogue_hashes h ON h.ref_id = r.id"
+                f" WHERE r.removed = 0 AND r.id IN ({marks}) ORDER BY r.id", part,
+            ) as cur:
+                out += [(ref, row_id, added, bytes(data)) for ref, row_id, added, data in await cur.fetchall()]
+        return out
