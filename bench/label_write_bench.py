@@ -19,8 +19,12 @@ Every mode writes one JSON line per step to stdout and the whole run to <--work>
   `--log-level` (default warning, JSON to /dev/null). The labels are the set `populate_ours.py`
   and skyware's `populate.mjs` generate (uri at://did:plc:bench<account>/app.bsky.feed.post/3l<i>,
   25,000 accounts, 8 values), so consecutive labels hit random places of the uri indexes.
-- Each step reports wall-clock labels/s and labels per CPU-second of this process (the machine
-  is shared: CPU time is the steadier figure when something else runs).
+- Each step reports wall-clock labels/s and labels per CPU-second of this process plus the
+  label log's signing helper process (`labels/sign_worker.py`, which signs part of each large
+  batch on the other core), the share of signatures the helper made, the WAL's size and the load
+  average (the machine is shared: CPU time is the steadier figure when something else runs).
+  A step's requests are built before its clock starts (the bench's base32 uris cost ~10 us a
+  label, which is not the write path's).
 - `skyware` runs `LabelerServer#createLabels({uri}, {create: [val]})` one label at a time in node,
   on a fresh database (@skyware/labeler 0.2.0 from bench/skyware, `bash bench/skyware/install.sh`).
 - `import` populates a source data directory with `--n` labels (emit_many, NORMAL: it is only the
@@ -87,6 +91,31 @@ async def _record(decisions, written) -> None:
     ])
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _signer_stats(log: LabelLog) -> dict:
+    signer = getattr(log, "_signer", None)
+    return dict(signer.stats) if signer is not None else {}
+
+
+def _helper_cpu(log: LabelLog) -> float:
+    """CPU seconds (user + system) of the label log's signing helper process, if it runs: it
+    signs part of each batch on the other core, so its time counts in labels per CPU-second."""
+    proc = getattr(getattr(log, "_signer", None), "_proc", None)
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _open(db: Path, pragmas: list[str]) -> LabelLog:
     log = await LabelLog.open(db, SigningKey.generate(), DID, synchronous="FULL", busy_wait=None)
     for p in pragmas:  # for A/B runs only
@@ -104,15 +133,23 @@ async def batched(a: argparse.Namespace) -> list[dict]:
         n = await log.count()
         also = _record if a.decisions else None
         while n < a.to:
-            t0, c0 = time.perf_counter(), cpu()
             end = min(a.to, n + a.step)
-            for lo in range(n, end, a.batch):
-                requests = [EmitRequest(*gen_label(i)) for i in range(lo, min(end, lo + a.batch))]
+            # The step's requests are made before the clock starts: making the bench's uris
+            # (base32 of i) cost ~10 us a label, which is not the write path's.
+            batches = [[EmitRequest(*gen_label(i)) for i in range(lo, min(end, lo + a.batch))]
+                       for lo in range(n, end, a.batch)]
+            signed0 = dict(_signer_stats(log))
+            t0, c0, h0 = time.perf_counter(), cpu(), _helper_cpu(log)
+            for requests in batches:
                 await log.emit_many(requests, also=also)
-            dt, dc = time.perf_counter() - t0, cpu() - c0
+            dt, dc, dh = time.perf_counter() - t0, cpu() - c0, _helper_cpu(log) - h0
+            signed = {k: v - signed0.get(k, 0) for k, v in _signer_stats(log).items()}
             row = {"mode": "batched", "at": n, "labels": end - n, "seconds": round(dt, 2),
-                   "labels_per_s": round((end - n) / dt), "labels_per_cpu_s": round((end - n) / dc),
-                   "db_mb": round(db.stat().st_size / 1e6)}
+                   "labels_per_s": round((end - n) / dt), "labels_per_cpu_s": round((end - n) / (dc + dh)),
+                   "cpu_s": round(dc, 2), "helper_cpu_s": round(dh, 2),
+                   "signed_by_helper": round(signed.get("helper", 0) / max(1, sum(signed.values())), 2),
+                   "db_mb": round(db.stat().st_size / 1e6), "wal_mb": round(_size(f"{db}-wal") / 1e6),
+                   "load1": round(os.getloadavg()[0], 1)}
             emit(row)
             rows.append(row)
             n = end

@@ -175,3 +175,100 @@ async def test_subscribers_see_every_label_once_while_batches_are_written(runnin
             assert [lab.uri for lab in got.labels[:: 997]] == [uri(i) for i in range(0, N, 997)]
     finally:
         await live.close()
+
+
+# -- signing on two cores (labels/sign_worker.py) and the background checkpoint -----------------------
+def _payloads(n: int) -> list[bytes]:
+    return [f"label {i} of a batch".encode() * (1 + i % 5) for i in range(n)]
+
+
+def test_the_parallel_signer_gives_the_signatures_the_key_gives():
+    from firehose_mod.labels.sign_worker import ParallelSigner
+    from firehose_mod.labels.signing import SigningKey, verify_bytes
+
+    key = SigningKey.generate()
+    signer = ParallelSigner(key.curve, key._k1().secret, key.sign_bytes)
+    try:
+        for n in (1000, 97, 5, 2500):  # several batches on one helper, big and small
+            payloads = _payloads(n)
+            ran = []
+            sigs = signer.sign_many(payloads, meanwhile=lambda: ran.append(True))
+            assert ran == [True]
+            # RFC 6979: deterministic, so byte for byte the key's own; and each verifies, low-S
+            assert sigs == [key.sign_bytes(p) for p in payloads]
+            assert all(verify_bytes(key.did_key, p, s) for p, s in zip(payloads[::37], sigs[::37], strict=True))
+        assert signer.stats["helper"] > 0 and signer.stats["caller"] > 0
+        assert sum(signer.stats.values()) == 1000 + 97 + 5 + 2500
+    finally:
+        signer.close()
+    assert signer._proc is None
+
+
+def test_a_dead_signing_helper_costs_nothing_but_time():
+    from firehose_mod.labels.sign_worker import ParallelSigner
+    from firehose_mod.labels.signing import SigningKey
+
+    key = SigningKey.generate()
+    problems: list[str] = []
+    signer = ParallelSigner(key.curve, key._k1().secret, key.sign_bytes, on_error=problems.append)
+    try:
+        payloads = _payloads(1000)
+        assert signer.sign_many(payloads) == [key.sign_bytes(p) for p in payloads]
+        signer.sign_many(payloads, meanwhile=lambda: signer._proc.kill())  # dies with chunks in flight
+        assert problems and signer._proc is None
+        assert signer.sign_many(payloads[:500]) == [key.sign_bytes(p) for p in payloads[:500]]
+        assert signer._proc is None  # not restarted at once: the caller signs alone for a while
+    finally:
+        signer.close()
+
+
+def test_a_p256_key_signs_in_the_caller():
+    from firehose_mod.labels.sign_worker import ParallelSigner
+    from firehose_mod.labels.signing import SigningKey, verify_bytes
+
+    key = SigningKey.generate("p256")
+    signer = ParallelSigner(key.curve, None, key.sign_bytes)
+    payloads = _payloads(200)
+    sigs = signer.sign_many(payloads)
+    assert signer._proc is None and signer.stats == {"helper": 0, "caller": 200}
+    assert all(verify_bytes(key.did_key, p, s) for p, s in zip(payloads, sigs, strict=True))
+
+
+async def test_a_big_batch_is_signed_in_two_processes_and_every_label_verifies(label_log: LabelLog):
+    written = await label_log.emit(uri(0), "porn")
+    assert label_log._signer is None or label_log._signer._proc is None  # one label: no helper
+    written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 3001)])
+    assert label_log._signer._proc is not None and label_log._signer.stats["helper"] > 0
+    assert all(verify_label(label_log.key.did_key, s.label) for s in written)
+    stored = await label_log.read_after(1, 5000)
+    assert [(s.seq, s.label, s.cbor) for s in stored] == [(s.seq, s.label, s.cbor) for s in written]
+    proc = label_log._signer._proc
+    await label_log.close()
+    assert proc.poll() is not None  # close() ends the helper
+
+
+async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog):
+    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    sizes = []
+    for k in range(4):
+        await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
+        sizes.append(wal.stat().st_size)
+    await label_log._checkpointer.wait()
+    busy, frames, copied = label_log._checkpointer.last
+    assert busy == 0 and frames == copied  # each checkpoint copied the whole WAL
+    # each commit began the WAL anew: it holds about one batch, not four
+    assert sizes[-1] < 1.5 * sizes[0], sizes
+    assert await label_log.count() == 4000
+
+
+def test_k1_signer_gives_coincurves_signature_low_s():
+    from firehose_mod.labels.signing import CURVES, SigningKey, k1_signer, verify_bytes
+
+    key = SigningKey.generate()
+    sign = k1_signer(key._k1().secret)
+    assert sign is not None
+    for p in _payloads(200):
+        sig = sign(p)
+        assert sig == key._k1().sign_recoverable(p)[:64] == key.sign_bytes(p)
+        assert int.from_bytes(sig[32:], "big") <= CURVES["secp256k1"][1] // 2
+        assert verify_bytes(key.did_key, p, sig)

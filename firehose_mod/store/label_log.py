@@ -14,9 +14,11 @@ Write rules (one writer connection, each emit one `BEGIN IMMEDIATE` transaction)
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +26,10 @@ from pathlib import Path
 import aiosqlite
 import anyio
 import structlog
+from libipld import encode_dag_cbor
 
 from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
+from firehose_mod.labels.sign_worker import ParallelSigner
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db, transaction
 from firehose_mod.store.decisions import DecisionWriter
@@ -42,7 +46,17 @@ _HEAD_SQL = (
 # Up to this many labels a commit logs a `label.written` line each; a larger batch logs one
 # `labels.written` summary.
 _LOG_EACH_UP_TO = 10
+# seq is given explicitly (head + 1, ...: we hold the write lock); AUTOINCREMENT still moves
+# sqlite_sequence to the largest, so `head()` and `raise_seq_floor` keep working.
+_LABELS_SQL = ("INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_STATE_SQL = ("INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
+              " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq")
+# After this many labels a background checkpoint starts (`_Checkpointer`): every 1,000-label batch.
+CHECKPOINT_EVERY_LABELS = 1000
+WAL_RESTART_FRAMES = 16384  # past this (64 MiB of WAL) a batch lets the checkpoint finish before BEGIN
 WRITER_AUTOCHECKPOINT_PAGES = 32768  # the writer checkpoints when the WAL is past this (default 1,000)
+WRITER_CACHE_KIB = 65536  # the writer connection's page cache (SQLite's default is 2,000 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,13 @@ class LabelLog(LabelLogBase):
         # One connection, many tasks: transactions must not interleave on it.
         self._write_lock = anyio.Lock()
         self._resigned: dict[int, bytes] = {}
+        # Signs large batches in a helper process and the writer thread at once (started on the
+        # first batch that needs it; used on the writer connection's thread only).
+        self._signer: ParallelSigner | None = None
+        self._signer_key: SigningKey | None = None
+        # Copies the WAL back while the next batch is built (see _Checkpointer).
+        self._checkpointer = _Checkpointer(path) if path is not None else None
+        self._uncheckpointed = 0  # labels committed since the last background checkpoint started
 
     @classmethod
     async def open(cls, path: Path, key: SigningKey, src: str, *, synchronous: str = "FULL",
@@ -143,6 +164,12 @@ class LabelLog(LabelLogBase):
             # default of 1,000 the writer checkpointed (copied and fsynced the database) after every
             # batch. Every 32,768 pages (128 MiB of WAL) it copies each page once per several batches.
             await writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+            # Room for what a batch touches on a large log: its ~4,000 dirty leaves plus the interior
+            # pages of the random uri indexes (~26 MB at 5M labels). With SQLite's default 2 MB the
+            # batch spilled dirty pages to the WAL before COMMIT, read the leaves its state lookup had
+            # just read again for the upsert, and the background checkpoint could not let the WAL
+            # start over. Pages are allocated as they are used: a small log stays small.
+            await writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             reader = await open_db(path, synchronous=synchronous)
         except BaseException:
             await writer.close()
@@ -159,6 +186,9 @@ class LabelLog(LabelLogBase):
         await self._queries.close()
         await self._reader.close()
         await self._writer.close()
+        self._close_signer()  # after the writer thread is gone: nothing signs any more
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def on_commit(self, listener: Callable[[list[StoredLabel]], None]) -> None:
         """Call `listener(written)` after each commit that appended labels."""
@@ -188,6 +218,11 @@ class LabelLog(LabelLogBase):
 
     async def _append(self, requests: list[EmitRequest], also=None) -> list[StoredLabel]:
         db = self._writer
+        if self._checkpointer is not None and self._checkpointer.wal_frames() > WAL_RESTART_FRAMES:
+            # The WAL starts over only at a transaction that began with every frame copied back:
+            # now and then, let the checkpoint finish before BEGIN rather than before COMMIT.
+            await self._checkpointer.wait()
+            self._checkpointer.last = None  # this transaction restarts the WAL: its size is news
         async with transaction(db, wait=self.busy_wait, path=self._path):
             written: list[StoredLabel] = []
             if requests:
@@ -197,6 +232,13 @@ class LabelLog(LabelLogBase):
                 written = await db._execute(self._append_sync, db._conn, requests)
             if also is not None:
                 await also(DecisionWriter(db), written)
+            if self._checkpointer is not None:
+                await self._checkpointer.wait()  # before COMMIT: the commit can then restart the WAL
+        if self._checkpointer is not None and written:
+            self._uncheckpointed += len(written)
+            if self._uncheckpointed >= CHECKPOINT_EVERY_LABELS:
+                self._uncheckpointed = 0
+                self._checkpointer.start()
         return written
 
     def _append_sync(self, conn: sqlite3.Connection, requests: list[EmitRequest]) -> list[StoredLabel]:
@@ -213,39 +255,43 @@ class LabelLog(LabelLogBase):
                 continue
             if not _changes_state(cur, r, now):
                 continue
-            label = Label(src=src, uri=r.uri, val=r.val, cts=r.cts or clock.now(), cid=r.cid, neg=r.neg, exp=r.exp)
+            label = Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
             head += 1
             current[(r.uri, r.val)] = label  # a repeat later in this batch is a no-op
             todo.append((head, label))
-        written = self._sign(todo)
-        self._insert(conn, written)
+        if not todo:
+            return []
+        # label_state does not need the signatures: it is written while the batch is signed.
+        state = [(label.uri, label.val, src, seq) for seq, label in todo]
+        written = self._sign(todo, meanwhile=lambda: conn.executemany(_STATE_SQL, state))
+        did_key = written[0].key_id
+        conn.executemany(_LABELS_SQL, [
+            (s.seq, src, s.label.uri, s.label.cid, s.label.val, s.label.neg, s.label.cts, s.label.exp, s.label.sig,
+             did_key, s.cbor) for s in written
+        ])
         return written
 
-    def _sign(self, todo: list[tuple[int, Label]]) -> list[StoredLabel]:
-        sign_bytes, did_key = self.key.sign_bytes, self.key.did_key
+    def _sign(self, todo: list[tuple[int, Label]], meanwhile: Callable[[], object] | None = None) -> list[StoredLabel]:
+        """`todo` signed (in the helper process and this thread at once for a large batch:
+        `labels/sign_worker.py`), with each label's wire CBOR; `meanwhile()` runs while it signs."""
+        key = self.key
+        if self._signer is None or self._signer_key is not key:
+            self._close_signer()
+            self._signer, self._signer_key = _signer_for(key), key
+        fields = [label.unsigned() for _, label in todo]
+        sigs = self._signer.sign_many([encode_dag_cbor(f) for f in fields], meanwhile)
+        did_key = key.did_key
         out = []
-        for seq, label in todo:
-            signed, cbor = label.signed(sign_bytes)
-            out.append(StoredLabel(seq, signed, did_key, cbor))
+        for (seq, label), f, sig in zip(todo, fields, sigs, strict=True):
+            f["sig"] = sig
+            signed = Label(label.src, label.uri, label.val, label.cts, label.cid, label.neg, label.exp, label.ver, sig)
+            out.append(StoredLabel(seq, signed, did_key, encode_dag_cbor(f)))
         return out
 
-    def _insert(self, conn: sqlite3.Connection, written: list[StoredLabel]) -> None:
-        if not written:
-            return
-        src, did_key = self.src, self.key.did_key
-        # seq is given explicitly (head + 1, ...: we hold the write lock); AUTOINCREMENT still
-        # moves sqlite_sequence to the largest, so `head()` and `raise_seq_floor` keep working.
-        conn.executemany(
-            "INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(s.seq, src, s.label.uri, s.label.cid, s.label.val, int(s.label.neg), s.label.cts, s.label.exp,
-              s.label.sig, did_key, s.cbor) for s in written],
-        )
-        conn.executemany(
-            "INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq",
-            [(s.label.uri, s.label.val, src, s.seq) for s in written],
-        )
+    def _close_signer(self) -> None:
+        signer, self._signer = self._signer, None
+        if signer is not None:
+            signer.close()
 
     def _import_applies(self, conn: sqlite3.Connection, current: Label | None, r: EmitRequest) -> bool:
         """An imported label applies unless our latest label on (uri, val) is newer than it, or the
@@ -382,6 +428,63 @@ class LabelLog(LabelLogBase):
             return [_row(r) for r in await cur.fetchall()]
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database on a thread and connection of its own (issue 19).
+
+    A 1,000-label batch on a log of millions dirties ~4,000 random index pages; copying them back
+    (read from the WAL, write and fsync the database) cost the writer a quarter of its time past
+    1M labels when it did it itself at commit. Here a PASSIVE checkpoint starts after a large
+    commit and runs while the next batch is read, signed and inserted (in memory: no WAL frames
+    are written before COMMIT as long as the batch fits the writer's page cache); `wait()` before
+    that COMMIT lets it finish. SQLite starts the WAL over from its beginning only at a write
+    transaction that began with every frame copied, so once the WAL holds `WAL_RESTART_FRAMES`
+    the next batch waits for the checkpoint before its BEGIN instead. The writer's own
+    `wal_autocheckpoint` stays as the backstop (a checkpoint that failed, or could not copy
+    everything because a reader held an old snapshot)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="label-log-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._running: Future | None = None
+        self.last: tuple[int, int, int] | None = None  # (busy, frames in the WAL, frames copied)
+
+    def _run(self) -> tuple[int, int, int]:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 100")
+        return self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def wal_frames(self) -> int:
+        """Frames in the WAL when the last checkpoint ran (0 before the first)."""
+        return self.last[1] if self.last is not None else 0
+
+    def start(self) -> None:
+        if self._running is None:
+            self._running = self._pool.submit(self._run)
+
+    async def wait(self) -> None:
+        running, self._running = self._running, None
+        if running is None:
+            return
+        try:
+            self.last = await asyncio.wrap_future(running)
+        except sqlite3.Error as exc:  # the writer's autocheckpoint still runs: never fatal
+            log.warning("label_log.checkpoint_failed", error=str(exc))
+
+    def close(self) -> None:
+        if self._running is not None:
+            try:
+                self._running.result()
+            except sqlite3.Error:
+                pass
+            self._running = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.submit(conn.close).result()
+        self._pool.shutdown(wait=True)
+
+
 class _Clock:
     """now_iso() for each label of a batch, rendered once per millisecond: strftime per label was ~5 µs."""
 
@@ -415,6 +518,13 @@ def log_written(written: list[StoredLabel]) -> None:
     else:
         log.info("labels.written", count=len(written), first_seq=written[0].seq, last_seq=written[-1].seq,
                  negations=sum(s.label.neg for s in written))
+
+
+def _signer_for(key: SigningKey) -> ParallelSigner:
+    secret = key._k1().secret if key.curve == "secp256k1" else None
+    return ParallelSigner(key.curve, secret, key.sign_bytes,
+                          on_error=lambda why: log.warning("label_log.signing_helper", problem=why,
+                                                           hint="signing in the writer thread meanwhile"))
 
 
 def _changes_state(current: Label | None, r: EmitRequest, now: datetime) -> bool:
