@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import sqlite3
 
 import anyio
@@ -245,6 +247,23 @@ async def test_a_big_batch_is_signed_in_two_processes_and_every_label_verifies(l
     proc = label_log._signer._proc
     await label_log.close()
     assert proc.poll() is not None  # close() ends the helper
+
+
+async def test_a_big_batch_is_signed_in_a_process_holding_more_than_1024_descriptors(label_log: LabelLog):
+    # A daemon with a thousand subscribers holds a socket each: select() cannot watch an fd past 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip(f"the descriptor limit ({hard}) is too low to hold 1,100 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(500)])
+        assert label_log._signer._proc is not None and label_log._signer.stats["helper"] > 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(written) == 500 and all(verify_label(label_log.key.did_key, s.label) for s in written)
 
 
 async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog):
