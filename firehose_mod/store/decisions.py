@@ -39,6 +39,23 @@ class DecisionRow:
     reason: str | None = None
 
 
+def decision_rows(rows: list[DecisionRow]) -> list[tuple]:
+    """The `decisions` columns of `rows` (both backends' INSERT, in column order). The rows of one
+    scan or one batch share their versions dict and often their evidence list: each distinct
+    object is encoded once."""
+    now = now_iso()
+    encoded: dict[int, str] = {}
+
+    def once(obj, encode) -> str:
+        if (text := encoded.get(id(obj))) is None:
+            text = encoded[id(obj)] = encode(obj)
+        return text
+
+    return [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version,
+             once(r.scanners, lambda v: json.dumps(v or {}, sort_keys=True)), once(r.evidence, _finding_json),
+             r.label_seq, r.actor, r.reason, now) for r in rows]
+
+
 def _finding_json(findings) -> str:
     out = []
     for f in findings or []:
@@ -199,19 +216,11 @@ async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
     The engine calls this inside the label log's own transaction, so a label and the decision
     that explains it are committed together or not at all. Returns the review items opened.
     """
-    now = now_iso()
     opened = 0
     if rows:  # one executemany, in order: a statement per row is a thread hop per row
-        scanners: dict[int, str] = {}  # the rows of one scan share one versions dict: encode it once
-        for r in rows:
-            if id(r.scanners) not in scanners:
-                scanners[id(r.scanners)] = json.dumps(r.scanners or {}, sort_keys=True)
         await db.executemany(
             "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
-            " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version, scanners[id(r.scanners)],
-              _finding_json(r.evidence), r.label_seq, r.actor, r.reason, now) for r in rows],
-        )
+            " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", decision_rows(rows))
     writer = ReviewWriter(db)
     for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
         opened += await writer.open_item(uri, cid, value, reason, findings, actor=POLICY_ACTOR) is not None

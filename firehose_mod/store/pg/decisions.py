@@ -9,12 +9,9 @@ pool, and the pool module imports the label log, which imports this one.
 
 from __future__ import annotations
 
-import json
-
 import asyncpg
 
-from firehose_mod.labels.model import now_iso
-from firehose_mod.store.decisions import DecisionRow, _finding_json
+from firehose_mod.store.decisions import DecisionRow, decision_rows
 from firehose_mod.store.pg.review_writer import PgReviewWriter
 from firehose_mod.store.review import POLICY_ACTOR
 
@@ -65,17 +62,10 @@ class PgDecisionWriter:
 async def pg_write_decisions(conn: asyncpg.Connection, rows: list[DecisionRow], reviews: Reviews = ()) -> int:
     """store/decisions.py's `write_decisions` on PostgreSQL, inside a transaction the caller holds."""
     if rows:
-        now = now_iso()
-        scanners: dict[int, str] = {}  # the rows of one scan share one versions dict: encode it once
-        for r in rows:
-            if id(r.scanners) not in scanners:
-                scanners[id(r.scanners)] = json.dumps(r.scanners or {}, sort_keys=True)
         await conn.executemany(
             "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
             " label_seq, actor, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            [(r.uri, r.cid, r.action, r.value, r.origin, r.rule, r.policy_version, scanners[id(r.scanners)],
-              _finding_json(r.evidence), r.label_seq, r.actor, r.reason, now) for r in rows],
-        )
+            decision_rows(rows))
     writer = PgReviewWriter(conn)
     opened = 0
     for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
