@@ -1,6 +1,7 @@
-"""Lookup time, memory, start-up and false matches as the catalogue grows (1,000 / 10,000 tracks).
+"""Lookup time, memory, start-up and false matches as the catalogue grows (1,000 / 10,000 / 100,000 tracks).
 
-    python bench/fingerprint_scale.py --sizes 1000 10000 [--sources 200] [--cache /var/tmp/copyright_eval]
+    python bench/fingerprint_scale.py --sizes 1000 10000 100000 [--sources 200] [--cache /var/tmp/copyright_eval]
+        [--workdir /var/tmp/fingerprint_scale] [--keep]
 
 Volume: `--sources` generated three-minute songs (tests/media.py, 8 kHz, fingerprinted from
 samples), each reused as many catalogue tracks: transposed (-6..+6 semitones), re-timed
@@ -9,8 +10,13 @@ again. That keeps the hash-key statistics of music while making 10,000 tracks in
 since a few hundred songs stand in for thousands, keys collide more than in a real catalogue
 of that size, so lookup cost here is an upper bound.
 On top: the real soundtrack tracks of bench/copyright_eval.py (same split), with real edited
-queries and the real held-out negatives. Every size goes through SQLite (the daemon's start-up
-path: `load_index`), so the start-up time is the real one.
+queries and the real held-out negatives. Every size goes through SQLite and the daemon's own
+start-up path (`scan.catalogue.load_segmented`): the first open after the catalogue is written
+builds the on-disk segments from SQLite (a one-time cost, as after an upgrade); the second open
+is the start-up measured (it maps the segments). Then one reference is added and the index
+reloaded, to show that a catalogue change does not rebuild the index.
+Memory: RSS is split into anonymous memory (the process's own) and file-backed pages of the
+memory-mapped segments (page cache the kernel can drop and reload).
 
 Results: bench/results/fingerprint/scale-latest.json.
 """
@@ -21,6 +27,8 @@ import argparse
 import gc
 import json
 import os
+import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -36,9 +44,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from copyright_eval import make_queries, negatives_extra, soundtracks, split  # noqa: E402
 
-from firehose_mod.scan.copyright import load_index  # noqa: E402
+from firehose_mod.scan.catalogue import IndexFiles, index_dir, load_segmented  # noqa: E402
 from firehose_mod.scan.fingerprint import (  # noqa: E402
-    FINGERPRINT_VERSION, Fingerprint, FingerprintIndex, fingerprint_file, fingerprint_samples, index_entries,
+    FINGERPRINT_VERSION,
+    Fingerprint,
+    FingerprintIndex,
+    fingerprint_file,
+    fingerprint_samples,
+    index_entries,
 )
 from firehose_mod.store.catalogue import CatalogueStore  # noqa: E402
 from tests import media as M  # noqa: E402
@@ -66,9 +79,15 @@ def volume_entries(fp: Fingerprint, rng: np.random.Generator) -> bytes:
     return index_entries(new).to_bytes()
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mb() -> dict[str, float]:
+    """Resident memory of this process, MB: total, anonymous, file-backed (mapped segments)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                out[k] = int(v.split()[0]) / 1024
+    return out
 
 
 async def build_db(path: Path, size: int, sources: list[Fingerprint], real: dict[str, Fingerprint]) -> None:
@@ -81,20 +100,41 @@ async def build_db(path: Path, size: int, sources: list[Fingerprint], real: dict
         for i in range(size - len(real)):
             blob = volume_entries(sources[i % len(sources)], rng)
             await store.add_reference(f"volume:{i}", blob, fp_version=FINGERPRINT_VERSION, entry_count=len(blob) // 12)
-            if (i + 1) % 2000 == 0:
+            if (i + 1) % 10000 == 0:
                 print(f"    wrote {i + 1}", flush=True)
     finally:
         await store.close()
 
 
 async def start(path: Path) -> tuple[FingerprintIndex, dict]:
-    store = await CatalogueStore.open(path, readonly=True)
+    """The daemon's start-up: open the catalogue, map its segments, read what they lack."""
+    store = await CatalogueStore.open(path)
+    files = IndexFiles(index_dir(path), writable=True)
     try:
         index = FingerprintIndex()
         t0, c0 = time.perf_counter(), time.process_time()
-        counts = await load_index(store, index)
+        counts = await load_segmented(store, index, files)
         counts.update(load_wall_s=time.perf_counter() - t0, load_cpu_s=time.process_time() - c0)
         return index, counts
+    finally:
+        files.close()
+        await store.close()
+
+
+async def drop_added(path: Path) -> None:
+    """Remove what `add_one` added (a kept catalogue is measured again as it was built)."""
+    store = await CatalogueStore.open(path)
+    try:
+        await store.remove("added-later")
+    finally:
+        await store.close()
+
+
+async def add_one(path: Path, fp: Fingerprint) -> None:
+    store = await CatalogueStore.open(path)
+    try:
+        e = index_entries(fp)
+        await store.add_reference("added-later", e.to_bytes(), fp_version=FINGERPRINT_VERSION, entry_count=len(e))
     finally:
         await store.close()
 
@@ -105,60 +145,112 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=200)
     ap.add_argument("--queries", type=int, default=8, help="real indexed tracks to edit into queries")
     ap.add_argument("--cache", type=Path, default=Path("/var/tmp/copyright_eval"))
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/fingerprint_scale"),
+                    help="where the catalogues are built (100,000 tracks take ~25 GB)")
+    ap.add_argument("--keep", action="store_true", help="keep each catalogue (reused by a later run)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor() as pool:
-        sources = list(pool.map(_source, range(700_001, 700_001 + args.sources), chunksize=4))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cached = args.workdir / f"sources-{args.sources}-{FINGERPRINT_VERSION}.npz"
+    if cached.exists():  # the generated songs' fingerprints, kept from an earlier run
+        z = np.load(cached)
+        sources = [Fingerprint(float(z[f"dur_{i}"]), *(z[f"{k}_{i}"] for k in ("t", "f", "d1", "d2", "r", "span")))
+                   for i in range(args.sources)]
+    else:
+        with ProcessPoolExecutor() as pool:
+            sources = list(pool.map(_source, range(700_001, 700_001 + args.sources), chunksize=4))
+        np.savez(cached, **{f"{k}_{i}": getattr(fp, k) for i, fp in enumerate(sources)
+                            for k in ("t", "f", "d1", "d2", "r", "span")},
+                 **{f"dur_{i}": np.float64(fp.duration) for i, fp in enumerate(sources)})
     print(f"{len(sources)} generated sources in {time.perf_counter() - t0:.0f} s", flush=True)
     indexed, held_out, _ = split(soundtracks(args.cache))
     real = {p.stem: fingerprint_file(p) for p in indexed}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        queries = []  # (edit, expected ref, fingerprint)
-        for n, track in enumerate(indexed[:args.queries]):
-            made = make_queries(d, track, held_out[n % len(held_out)], 90.0, n)
-            queries += [(e, track.stem, fingerprint_file(made[e][0])) for e in EDITS]
-        negatives = [(p.name, fingerprint_file(p)) for p in held_out]
-        negatives += [(k, fingerprint_file(v)) for k, v in negatives_extra(d).items()]
+        kept = args.workdir / f"queries-{args.queries}.pkl"
+        if kept.exists():  # made by an earlier run: sox and ffmpeg are the slow part
+            queries, negatives = pickle.loads(kept.read_bytes())
+        else:
+            queries = []  # (edit, expected ref, fingerprint)
+            for n, track in enumerate(indexed[:args.queries]):
+                made = make_queries(d, track, held_out[n % len(held_out)], 90.0, n)
+                queries += [(e, track.stem, fingerprint_file(made[e][0])) for e in EDITS]
+            negatives = [(p.name, fingerprint_file(p)) for p in held_out]
+            negatives += [(k, fingerprint_file(v)) for k, v in negatives_extra(d).items()]
+            kept.write_bytes(pickle.dumps((queries, negatives)))
         results = []
         for size in args.sizes:
-            db = d / f"scale-{size}.sqlite3"
+            db = args.workdir / f"scale-{size}.sqlite3"
             t1 = time.perf_counter()
-            anyio.run(build_db, db, size, sources, real)
+            if not db.exists():
+                anyio.run(build_db, db, size, sources, real)
             built = time.perf_counter() - t1
+            anyio.run(drop_added, db)
+            print(f"  {size}: catalogue written in {built:.0f} s", flush=True)
+            c1, t1 = time.process_time(), time.perf_counter()
+            first, first_counts = anyio.run(start, db)  # builds the segments that are missing
+            seg_build = {"cpu_s": time.process_time() - c1, "wall_s": time.perf_counter() - t1,
+                         "from_sqlite": first_counts["from_sqlite"]}
+            del first
             gc.collect()
+            print(f"  {size}: segments built: {seg_build}", flush=True)
             before = rss_mb()
             index, counts = anyio.run(start, db)
             after = rss_mb()
             lookup_ms, recall, false = [], 0, []
-            for edit, ref, fp in queries:
-                c0 = time.thread_time()
-                got = index.query(fp)
-                lookup_ms.append((time.thread_time() - c0) * 1000 / (fp.duration / 60))
-                recall += bool(got) and got[0].ref_id == ref
-                false += [(edit, ref, m.ref_id) for m in got if m.ref_id != ref]
-            for name, fp in negatives:
-                c0 = time.thread_time()
-                got = index.query(fp)
-                if fp.duration:
+            for rnd in range(2):  # the first round loads the pages it touches; the second is measured
+                lookup_ms, recall, false = [], 0, []
+                for edit, ref, fp in queries:
+                    c0 = time.thread_time()
+                    got = index.query(fp)
                     lookup_ms.append((time.thread_time() - c0) * 1000 / (fp.duration / 60))
-                false += [(name, None, m.ref_id) for m in got]
+                    recall += bool(got) and got[0].ref_id == ref
+                    false += [(edit, ref, m.ref_id) for m in got if m.ref_id != ref]
+                for name, fp in negatives:
+                    c0 = time.thread_time()
+                    got = index.query(fp)
+                    if fp.duration:
+                        lookup_ms.append((time.thread_time() - c0) * 1000 / (fp.duration / 60))
+                    false += [(name, None, m.ref_id) for m in got]
+                if rnd == 0:
+                    cold = {"median": float(np.median(lookup_ms)), "p95": float(np.percentile(lookup_ms, 95))}
+            queried = rss_mb()
+            # A catalogue change: one reference added, the index reloaded (no rebuild).
+            anyio.run(add_one, db, negatives[0][1])
+            del index
+            gc.collect()
+            c2, t2 = time.process_time(), time.perf_counter()
+            again, again_counts = anyio.run(start, db)
+            reload = {"cpu_s": time.process_time() - c2, "wall_s": time.perf_counter() - t2,
+                      "from_sqlite": again_counts["from_sqlite"], "segments": again_counts["segments"]}
+            found = again.query(negatives[0][1])
+            reload["found_added"] = bool(found) and found[0].ref_id == "added-later"
+            del again
+            gc.collect()
+            anyio.run(drop_added, db)
             row = {
-                "tracks": size, "entries": counts["entries"], "index_mb": counts["bytes"] / 2**20,
-                "rss_growth_mb": after - before, "startup_wall_s": counts["load_wall_s"],
-                "startup_cpu_s": counts["load_cpu_s"], "sqlite_mb": db.stat().st_size / 2**20, "build_db_s": built,
+                "tracks": size, "entries": counts["entries"], "segments": counts["segments"],
+                "index_disk_mb": counts["disk_bytes"] / 2**20, "index_memory_mb": counts["bytes"] / 2**20,
+                "rss_before_mb": before, "rss_after_start_mb": after, "rss_after_queries_mb": queried,
+                "startup_wall_s": counts["load_wall_s"], "startup_cpu_s": counts["load_cpu_s"],
+                "startup_from_segments": counts["from_segments"], "startup_from_sqlite": counts["from_sqlite"],
+                "segment_build": seg_build, "reload_after_adding_one": reload,
+                "sqlite_mb": db.stat().st_size / 2**20, "build_db_s": built,
                 "lookup_cpu_ms_per_query_min": {"median": float(np.median(lookup_ms)),
                                                 "p95": float(np.percentile(lookup_ms, 95)),
                                                 "max": float(np.max(lookup_ms))},
+                "lookup_cold_first_round": cold,
                 "recall": f"{recall}/{len(queries)}", "false_matches": false, "negatives": len(negatives),
                 "load_average": list(os.getloadavg()),
             }
             print(json.dumps(row), flush=True)
             results.append(row)
-            del index
-            gc.collect()
-            db.unlink()
+            if not args.keep:
+                db.unlink()
+                for extra in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                    extra.unlink(missing_ok=True)
+                shutil.rmtree(index_dir(db), ignore_errors=True)
     out = {"sources": args.sources, "edits": EDITS, "sizes": results}
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (OUT / f"scale-{stamp}.json").write_text(json.dumps(out, indent=2))

@@ -21,6 +21,7 @@ _R_STEP = 1 / 8  # time-gap ratio in (0, 1)
 _S_STEP, _S_REF = 0.4, 0.04  # log2(span / 40 ms)
 _F_STEP = 6.0  # anchor pitch band: half an octave
 _BITS = (6, 6, 3, 4, 4)
+KEY_BITS = sum(_BITS)  # keys are < 2**KEY_BITS
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,57 @@ def probe_keys(fp: Fingerprint, margins: ProbeMargins = ProbeMargins(), *,
     if not keys:
         return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     return np.concatenate(keys), np.concatenate(idx)
+
+
+SEARCH_MARGINS = ProbeMargins(0.0, 0.0, 0.0, 0.0)  # the candidate search: edits only, no edge neighbours
+_PARTIAL_SHIFT = _BITS[3] + _BITS[4]  # key >> this: the three edit-invariant fields (intervals, ratio)
+
+
+def probe_ranges(fp: Fingerprint, margins: ProbeMargins = ProbeMargins(), *,
+                 scales: tuple[float, float] = (1.0, 1.0),
+                 shifts: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi), int64 arrays of shape (5, triplets): the bucket range of each key field that
+    `probe_keys` probes for each triplet (its probe set is their cartesian product)."""
+    comps = _components(fp)
+    ms = (margins.interval, margins.interval, margins.ratio, margins.span, margins.band)
+    reach = [(0.0, 0.0)] * 3 + [
+        (np.log2(scales[1]) / _S_STEP, -np.log2(scales[0]) / _S_STEP),
+        (shifts[1] / _F_STEP, -shifts[0] / _F_STEP),
+    ]
+    los, his = [], []
+    for c, m, bits, (below, above) in zip(comps, ms, _BITS, reach):
+        top = (1 << bits) - 1
+        q_c = np.clip(np.floor(c).astype(np.int64), 0, top)
+        lo = np.clip(np.floor(c - below - m).astype(np.int64), 0, top)
+        hi = np.clip(np.floor(c + above + m).astype(np.int64), 0, top)
+        los.append(np.minimum(lo, q_c))
+        his.append(np.maximum(hi, q_c))
+    return np.stack(los), np.stack(his)
+
+
+def partial_probes(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(partial keys sorted, triplet index): every combination of the three edit-invariant
+    fields in range, as `key >> _PARTIAL_SHIFT` of a stored key would read."""
+    n = lo.shape[1]
+    sh = (_BITS[1] + _BITS[2], _BITS[2], 0)
+    keys, idx = [], []
+    w = hi[:3] - lo[:3]
+    for d0 in range(int(w[0].max(initial=0)) + 1):
+        for d1 in range(int(w[1].max(initial=0)) + 1):
+            for d2 in range(int(w[2].max(initial=0)) + 1):
+                rows = np.flatnonzero((w[0] >= d0) & (w[1] >= d1) & (w[2] >= d2))
+                if rows.size:
+                    keys.append(((lo[0, rows] + d0) << sh[0]) | ((lo[1, rows] + d1) << sh[1]) | (lo[2, rows] + d2))
+                    idx.append(rows)
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    packed = np.sort((np.concatenate(keys).astype(np.uint64) << np.uint64(32))
+                     | np.concatenate(idx).astype(np.uint64))
+    del n
+    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def key_fields_tail(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(partial key, span bucket, band bucket) of stored keys."""
+    k = keys.astype(np.int64)
+    return k >> _PARTIAL_SHIFT, (k >> _BITS[4]) & ((1 << _BITS[3]) - 1), k & ((1 << _BITS[4]) - 1)

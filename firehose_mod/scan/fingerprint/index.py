@@ -1,16 +1,26 @@
-"""The in-memory landmark index: sorted hash keys with parallel (ref, time, pitch, span) arrays.
+"""The landmark index: references in memory (sorted blocks) or in memory-mapped on-disk
+segments (segment.py), looked up the same way.
 
-Lookup is `searchsorted` over sorted keys; new references go to small sorted blocks that are
-merged into the main block once they grow, and a removed reference is masked at once and
-dropped at the next merge. A query searches the edits re-uploaders make (`MatchParams`: speed
-changes such as nightcore and "slowed", tempo-only and pitch-only changes) in one pass: its
-keys probe every span and pitch-band bucket those edits can move a triplet to. It votes in
-two stages:
-1. coarse: (reference, pitch shift, coarse time scale, offset) cells, to find candidates;
-2. fine, per candidate (align.py): the pitch-shift mode, then a grid of time scales around the hits' own
-   scale, for each an offset histogram; the best (scale, offset) picks the consistent
-   matches, whose query times, merged into segments, give the seconds matched. A lone
-   coincidence never forms a segment, and silence has no landmarks, so it never counts.
+In memory, new references go to small sorted blocks that are merged into the main block once
+they grow; a removed reference is masked at once and dropped at the next merge. On disk, a
+segment is an inverted index (an offset table over every hash key, then packed postings) plus
+each reference's own entries (its forward copy); `flush` writes the references held in memory
+to a new segment, `merge_segments` joins segments.
+
+A query searches the edits re-uploaders make (`MatchParams`: speed changes such as nightcore
+and "slowed", tempo-only and pitch-only changes) in one pass, in two stages:
+1. candidate search: the query's triplets probe every span and pitch-band bucket those edits
+   can move a triplet to (no edge neighbours). Each probe's number of postings is known before
+   any posting is read, so only the rarest probes are read, up to `hit_budget` postings per
+   query-minute: the cost stays flat as the catalogue grows, and common keys (the least
+   informative) are the ones left out. Those hits vote in coarse (reference, pitch shift,
+   coarse time scale, offset) cells; the strongest references are the candidates.
+2. fine, per candidate: every hit of the reference, from its forward copy, with the full probe
+   set (edge neighbours included): the same hits as reading the whole index. align.py then finds
+   the pitch-shift mode, a grid of time scales around the hits' own scale, for each an offset
+   histogram; the best (scale, offset) picks the consistent matches, whose query times, merged
+   into segments, give the seconds matched. A lone coincidence never forms a segment, and
+   silence has no landmarks, so it never counts. Acceptance sees complete evidence, never a sample.
 """
 
 from __future__ import annotations
@@ -18,12 +28,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from firehose_mod.scan.fingerprint.align import SCALE_BIN, WINDOW, align
 from firehose_mod.scan.fingerprint.extract import Fingerprint
-from firehose_mod.scan.fingerprint.hashing import ProbeMargins, hash_keys, probe_keys
+from firehose_mod.scan.fingerprint.hashing import (
+    SEARCH_MARGINS,
+    ProbeMargins,
+    hash_keys,
+    key_fields_tail,
+    partial_probes,
+    probe_keys,
+    probe_ranges,
+)
+from firehose_mod.scan.fingerprint.segment import (
+    RefInfo,
+    Segment,
+    merge,
+    unpack_postings,
+    write_segment,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +106,10 @@ class MatchParams:
     min_segment_matches: int = 6
     candidates: int = 10  # references examined in the fine stage
     max_bucket: int = 4000  # keys more common than this are stop words, not evidence
+    # Candidate search: postings read per query-minute, rarest probe keys first (0: all). The
+    # fine alignment of each candidate then reads all of its hits, whatever this is.
+    hit_budget: int = 250_000
+    min_votes: int = 3  # hits in a reference's best coarse cell to be a candidate (0: min_matches // 4, >= 3)
     probes: ProbeMargins = ProbeMargins()
 
     def allowed(self, log_scale: np.ndarray, shift: np.ndarray, slack: float = 0.0) -> np.ndarray:
@@ -184,7 +214,17 @@ def _merge(blocks: list[_Block], alive: np.ndarray) -> _Block:
 
 
 class FingerprintIndex:
-    """Thread-safe in-memory index. `ref_id`s are strings (a catalogue ref name or an at-uri)."""
+    """Thread-safe index. `ref_id`s are strings (a catalogue ref name or an at-uri).
+
+    References live in memory (sorted blocks, as added) or in memory-mapped on-disk segments
+    (`attach`, `flush`, segment.py). A lookup runs in two stages over both:
+    1. candidate search: the query's probe keys, each with its number of postings known before
+       anything is read; the rarest probes first, up to `MatchParams.hit_budget` postings per
+       query-minute, vote for (reference, pitch, coarse scale, offset) cells;
+    2. per candidate, the reference's own entries (its forward copy, a few kilobytes) are
+       intersected with *all* the query's probe keys, and the fine alignment runs on every hit,
+       exactly as when the whole index was read. Acceptance never sees a sample.
+    """
 
     def __init__(self, params: MatchParams | None = None, *, merge_ratio: float = 0.25):
         self.params = params or MatchParams()
@@ -195,25 +235,32 @@ class FingerprintIndex:
         self._main = _block([])
         self._pending: list[_Block] = []
         self._merge_ratio = merge_ratio
+        # forward copies of in-memory references: num -> (keys sorted, t, f float32, span float32)
+        self._fwd: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._info: dict[int, tuple[int, str]] = {}  # num -> (catalogue row id, added) of in-memory refs
+        self._segments: list[tuple[Segment, np.ndarray]] = []  # (segment, global num of each local ref)
+        self._seg_of = np.zeros(0, np.int32)  # num -> index in _segments, -1 in memory
+        self._local = np.zeros(0, np.int64)  # num -> local ref in its segment
 
     # -- building ------------------------------------------------------------------------------
-    def add(self, ref_id: str, fp: Fingerprint | Entries) -> None:
+    def add(self, ref_id: str, fp: Fingerprint | Entries, *, row_id: int = 0, added: str = "") -> None:
         """Index `fp` under `ref_id`, replacing what that ref held before."""
-        self.add_many([(ref_id, fp)])
+        self.add_many([(ref_id, fp)], info=[(row_id, added)])
 
-    def add_many(self, items: Iterable[tuple[str, Fingerprint | Entries]]) -> None:
+    def add_many(self, items: Iterable[tuple[str, Fingerprint | Entries]],
+                 info: Iterable[tuple[int, str]] | None = None) -> None:
         """Bulk add (one sort for all of them): the way to load a catalogue at start."""
+        info_it = iter(info) if info is not None else None
         with self._lock:
             parts = []
             for ref_id, fp in items:
-                old = self._ids.get(ref_id)
-                if old is not None:
-                    self._alive[old] = False
-                num = len(self._names)
-                self._names.append(ref_id)
-                self._ids[ref_id] = num
-                parts.append((num, fp if isinstance(fp, Entries) else index_entries(fp)))
-            self._alive = np.concatenate([self._alive, np.ones(len(parts), dtype=bool)])
+                num = self._new_num(ref_id, -1, 0)
+                e = fp if isinstance(fp, Entries) else index_entries(fp)
+                parts.append((num, e))
+                o = np.argsort(e.keys, kind="stable")
+                self._fwd[num] = (np.ascontiguousarray(e.keys[o], np.uint32), np.ascontiguousarray(e.t[o], np.float32),
+                                  e.f[o].astype(np.float32), e.span[o].astype(np.float32))
+                self._info[num] = next(info_it) if info_it is not None else (0, "")
             if not parts:
                 return
             self._pending.append(_block(parts))
@@ -223,13 +270,135 @@ class FingerprintIndex:
             elif len(self._pending) > 16:  # many small adds: merge them with each other, not the main block
                 self._pending = [_merge(self._pending, self._alive)]
 
+    def _new_num(self, ref_id: str, seg: int, local: int) -> int:
+        old = self._ids.get(ref_id)
+        if old is not None:
+            self._kill(old)
+        num = len(self._names)
+        self._names.append(ref_id)
+        self._ids[ref_id] = num
+        if num >= self._alive.size:  # grow by doubling: adding one at a time stays cheap
+            grow = max(1024, self._alive.size)
+            self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+            self._seg_of = np.concatenate([self._seg_of, np.full(grow, -1, np.int32)])
+            self._local = np.concatenate([self._local, np.zeros(grow, np.int64)])
+        self._alive[num] = True
+        self._seg_of[num] = seg
+        self._local[num] = local
+        return num
+
+    def _kill(self, num: int) -> None:
+        self._alive[num] = False
+        self._fwd.pop(num, None)
+        self._info.pop(num, None)
+
+    def attach(self, segment: Segment, live: np.ndarray | None = None) -> None:
+        """Serve `segment`'s references (those with `live[i]` true; a newer copy of a name replaces an older one)."""
+        live = np.ones(len(segment.refs), bool) if live is None else np.asarray(live, bool)
+        with self._lock:
+            gnum = np.full(len(segment.refs), -1, np.int64)
+            si = len(self._segments)
+            for i in np.flatnonzero(live):
+                gnum[i] = self._new_num(segment.refs[i].name, si, int(i))
+            # postings of dead local refs map to a number that is never alive
+            dead = len(self._names)
+            self._names.append("")
+            self._new_slot(dead)
+            gnum[gnum < 0] = dead
+            self._segments.append((segment, gnum))
+
+    def _new_slot(self, num: int) -> None:
+        if num >= self._alive.size:
+            grow = max(1024, self._alive.size)
+            self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+            self._seg_of = np.concatenate([self._seg_of, np.full(grow, -1, np.int32)])
+            self._local = np.concatenate([self._local, np.zeros(grow, np.int64)])
+        self._alive[num] = False
+
+    def flush(self, root: Path, version: str) -> Path | None:
+        """Write the live in-memory references to a new on-disk segment under `root`, serve them
+        from it and free their memory. The segment's path (None when there was nothing to write)."""
+        with self._lock:
+            nums = [n for n in self._fwd if self._alive[n]]
+            items = [(RefInfo(self._names[n], *self._info.get(n, (0, ""))), *self._fwd[n]) for n in nums]
+        if not items:
+            return None
+        path = write_segment(root, items, version)
+        seg = Segment(path)
+        with self._lock:
+            si = len(self._segments)
+            gnum = np.full(len(seg.refs), -1, np.int64)
+            for i, n in enumerate(nums):
+                if self._alive[n] and self._ids.get(self._names[n]) == n:  # not replaced or removed meanwhile
+                    gnum[i] = n
+                    self._seg_of[n] = si
+                    self._local[n] = i
+                    self._fwd.pop(n, None)
+                    self._info.pop(n, None)
+            dead = len(self._names)
+            self._names.append("")
+            self._new_slot(dead)
+            gnum[gnum < 0] = dead
+            self._segments.append((seg, gnum))
+            # in-memory blocks now hold only what is still in memory
+            self._main = _merge([self._main, *self._pending], self._in_memory_alive())
+            self._pending = []
+        return path
+
+    def _in_memory_alive(self) -> np.ndarray:
+        keep = np.zeros(self._alive.size, bool)
+        if self._fwd:
+            keep[np.fromiter(self._fwd, np.int64)] = True
+        return keep & self._alive
+
+    def segments(self) -> list[tuple[Segment, np.ndarray]]:
+        """(segment, live mask of its local refs) for each attached segment."""
+        with self._lock:
+            return [(s, self._alive[g] & (self._seg_of[g] == i)) for i, (s, g) in enumerate(self._segments)]
+
+    def merge_segments(self, root: Path, version: str, which: list[Segment] | None = None) -> Path | None:
+        """Merge `which` (default: every attached segment) into one new segment under `root`,
+        dropping removed and replaced references, and serve it instead. Lookups go on meanwhile;
+        the caller deletes the old segments' directories afterwards (open maps stay valid)."""
+        with self._lock:
+            picked = [(i, s, g) for i, (s, g) in enumerate(self._segments) if which is None or s in which]
+            masks = [self._alive[g] & (self._seg_of[g] == i) for i, s, g in picked]
+        if len(picked) < 1:
+            return None
+        path = merge(root, [s for _, s, _ in picked], masks, version)
+        new = Segment(path)
+        with self._lock:
+            olds = {i for i, _, _ in picked}
+            kept = [i for i in range(len(self._segments)) if i not in olds]
+            remap = np.full(len(self._segments) + 1, -1, np.int32)
+            remap[kept] = np.arange(len(kept), dtype=np.int32)
+            si_new = len(kept)
+            gnum = np.full(len(new.refs), -1, np.int64)
+            pos = 0
+            for (i, s, g), live in zip(picked, masks):
+                nums = g[live]
+                ok = self._alive[nums] & (self._seg_of[nums] == i)  # not removed or replaced meanwhile
+                gnum[pos:pos + nums.size][ok] = nums[ok]
+                self._local[nums[ok]] = pos + np.flatnonzero(ok)
+                self._seg_of[nums[ok]] = si_new
+                pos += nums.size
+            mine = self._seg_of >= 0
+            moved = mine & (self._seg_of != si_new)
+            self._seg_of[moved] = remap[self._seg_of[moved]]
+            dead = len(self._names)
+            self._names.append("")
+            self._new_slot(dead)
+            gnum[gnum < 0] = dead
+            self._segments = [self._segments[i] for i in kept] + [(new, gnum)]
+        return path
+
     def remove(self, ref_id: str) -> bool:
         """Forget `ref_id`; True if it was indexed."""
         with self._lock:
             num = self._ids.pop(ref_id, None)
             if num is None:
                 return False
-            self._alive[num] = False
+            self._kill(num)
             return True
 
     def compact(self) -> None:
@@ -244,17 +413,26 @@ class FingerprintIndex:
     def __contains__(self, ref_id: str) -> bool:
         return ref_id in self._ids
 
+    def memory_entries(self) -> int:
+        """Entries held in memory (not yet in a segment)."""
+        with self._lock:
+            return sum(v[0].size for v in self._fwd.values())
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             blocks = [self._main, *self._pending]
             refs = len(self._ids)
-        entries = sum(b.size for b in blocks)
+            segs = list(self._segments)
+            fwd_bytes = sum(sum(a.nbytes for a in v) for v in self._fwd.values())
+        entries = sum(b.size for b in blocks) + sum(s.size for s, _ in segs)
         return {
             "refs": refs,
             "entries": entries,
             "pending_blocks": len(self._pending),
-            "bytes": sum(b.keys.nbytes + b.ref.nbytes + b.t.nbytes + b.f.nbytes + b.span.nbytes + b.ukeys.nbytes
-                         + b.ustart.nbytes for b in blocks),
+            "segments": len(segs),
+            "bytes": sum(b.keys.nbytes + b.ref.nbytes + b.t.nbytes + b.f.nbytes + b.span.nbytes
+                         + b.ukeys.nbytes + b.ustart.nbytes for b in blocks) + fwd_bytes,
+            "disk_bytes": sum(s.disk_bytes() for s, _ in segs),
         }
 
     # -- lookup --------------------------------------------------------------------------------
@@ -279,81 +457,100 @@ class FingerprintIndex:
 
     def _query(self, fp: Fingerprint, exclude: tuple[str, ...], limit: int, p: MatchParams) -> list[Match]:
         with self._lock:
-            blocks = [self._main, *self._pending]
+            blocks = [b for b in (self._main, *self._pending) if b.size]
+            segs = list(self._segments)
             alive = self._alive.copy()
             names = self._names
+            fwd = dict(self._fwd)
+            seg_of, local = self._seg_of, self._local
             for ref_id in exclude:
                 num = self._ids.get(ref_id)
                 if num is not None:
                     alive[num] = False
         if len(fp) == 0 or not alive.any():
             return []
-        keys, qidx = probe_keys(fp, p.probes, scales=(p.min_time_scale, p.max_time_scale),
-                                shifts=(-p.max_pitch_shift, p.max_pitch_shift))
-        # Sorted needles: searchsorted walks memory in order. One sort of (key, triplet) packed
+        edits = {"scales": (p.min_time_scale, p.max_time_scale), "shifts": (-p.max_pitch_shift, p.max_pitch_shift)}
+        # The candidate search probes the buckets the edits can move a triplet to, without the
+        # edge neighbours of each field: it samples anyway, and probes 3-6x fewer keys.
+        keys, qidx = probe_keys(fp, SEARCH_MARGINS, **edits)
+        # Sorted needles: memory is walked in order. One sort of (key, triplet) packed
         # in 64 bits is several times cheaper than a stable argsort of the keys.
         packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | qidx.astype(np.uint64))
         keys, qidx = (packed >> np.uint64(32)).astype(np.uint32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        all_alive = bool(alive.all())
-        cands = [self._lookup(b, keys, qidx, alive, all_alive, p) for b in blocks if b.size]
+        del packed
+        # Stage 1: postings counts of every probe in every source, then the rarest probes within the budget.
+        ranges = [_block_ranges(b, keys) for b in blocks] + [s.ranges(keys) for s, _ in segs]
+        for _, cnt in ranges:
+            cnt[cnt > p.max_bucket] = 0  # stop words, as ever
+        total = ranges[0][1].copy() if ranges else np.zeros(keys.size, np.int64)
+        for _, cnt in ranges[1:]:
+            total += cnt
+        minutes = max(float(fp.t[-1] - fp.t[0]) / 60.0, 0.25)
+        budget = int(p.hit_budget * minutes)
+        if p.hit_budget and int(total.sum()) > budget:
+            order = np.argsort(total, kind="stable")
+            take = order[np.cumsum(total[order]) <= budget]
+            sel = np.zeros(keys.size, bool)
+            sel[take] = True
+            ranges = [(lo, np.where(sel, cnt, 0)) for lo, cnt in ranges]
+        cands = []
+        for b, (lo, cnt) in zip(blocks, ranges):
+            ci, qi = _expand(lo, cnt, qidx)
+            cands.append((qi, b.ref[ci], b.t[ci], b.f[ci].astype(np.float32), b.span[ci].astype(np.float32)))
+        for (s, gnum), (lo, cnt) in zip(segs, ranges[len(blocks):]):
+            ci, qi = _expand(lo, cnt, qidx)
+            lref, tr, fr, sr = unpack_postings(s.postings[ci])
+            cands.append((qi, gnum[lref], tr, fr, sr))
         cands = [c for c in cands if c[0].size]
         if not cands:
             return []
-        if len(cands) == 1:
-            qi, ref, tr, fr, sr = cands[0]
-        else:
-            qi, ref, tr, fr, sr = (np.concatenate(x) for x in zip(*cands))
-        df = fp.f[qi] - fr
-        rows = np.flatnonzero(np.abs(df) <= p.max_pitch_shift)
-        # Each hit's own time scale, from its triplet's span: noisy (a few %), so a loose first cut.
-        # Cuts run on the survivors of the previous one only: most hits are chance, and many.
-        ls = np.log(fp.span[qi[rows]] / np.maximum(sr[rows], np.float32(1e-3)))
-        keep = (ls < np.log(p.max_time_scale) + 0.1) & (ls > np.log(p.min_time_scale) - 0.1)
-        rows, ls = rows[keep], ls[keep]
-        keep = p.allowed(ls, df[rows], slack=1.2)
-        rows, ls = rows[keep], ls[keep]
-        if rows.size < p.min_matches:
+        qi, ref, tr, fr, sr = cands[0] if len(cands) == 1 else (np.concatenate(x) for x in zip(*cands))
+        live = alive[ref]
+        if not live.all():
+            qi, ref, tr, fr, sr = qi[live], ref[live], tr[live], fr[live], sr[live]
+        rows, df, ls = _cuts(fp, qi, fr, sr, p)
+        if rows.size < (p.min_votes or max(3, p.min_matches // 4)):
             return []
-        ref, df = ref[rows], df[rows]
-        qi_ok = qi[rows]
-        tq, tr = fp.t[qi_ok], tr[rows]
-        chosen = self._candidates(ref, tq, tr, df, ls, alive.size, p)
+        chosen = self._candidates(ref[rows], fp.t[qi[rows]], tr[rows], df, ls, alive.size, p)
         if not chosen:
             return []
-        pick = np.zeros(alive.size, dtype=bool)
-        pick[chosen] = True
-        keep = np.flatnonzero(pick[ref])  # one pass over all hits, then per-reference work on few
-        ref, tq, tr, df = ref[keep], tq[keep], tr[keep], df[keep]
-        rows = rows[keep]
-        qi, sr = qi[rows], sr[rows]
-        sq = fp.span[qi]
-        qkey = hash_keys(fp)[qi]
+        # Stage 2: every hit of each candidate, from its own entries. A stored entry is a hit of a
+        # query triplet when each of its key fields lies in the range the triplet probes (the
+        # same hits as looking up every probe key): the three edit-invariant fields are joined
+        # on, the span and pitch-band fields checked against the triplet's ranges.
+        rlo, rhi = probe_ranges(fp, p.probes, **edits)
+        pkeys, pq = partial_probes(rlo, rhi)
+        qkey_all = hash_keys(fp)
         found = []
         for num in chosen:
-            m = ref == num
-            got = align(tq[m], tr[m], df[m], sq[m], sr[m], qi[m], qkey[m], fp, p)
+            if num in fwd:
+                fk, ft, ff, fs = fwd[num]
+            else:
+                si = int(seg_of[num])
+                if si < 0 or si >= len(segs):
+                    continue
+                fk, ft, ff, fs = segs[si][0].forward(int(local[num]))
+            part, span_b, band_b = key_fields_tail(fk)
+            lo = np.searchsorted(pkeys, part, side="left")
+            cnt = np.searchsorted(pkeys, part, side="right") - lo
+            pi, ej = _expand(lo, cnt, np.arange(fk.size))
+            qi2 = pq[pi]
+            ok = ((span_b[ej] >= rlo[3, qi2]) & (span_b[ej] <= rhi[3, qi2])
+                  & (band_b[ej] >= rlo[4, qi2]) & (band_b[ej] <= rhi[4, qi2]))
+            qi2, ej = qi2[ok], ej[ok]
+            rows2, df2, _ = _cuts(fp, qi2, ff[ej], fs[ej], p)
+            if rows2.size < p.min_matches:
+                continue
+            qi2, ej = qi2[rows2], ej[rows2]
+            # in the order a lookup of every probe key gives (key, query triplet, entry): where one
+            # triplet agrees with two entries, align keeps the first
+            order = np.lexsort((ej, qi2, fk[ej]))
+            qi2, ej, df2 = qi2[order], ej[order], df2[order]
+            got = align(fp.t[qi2], ft[ej], df2, fp.span[qi2], fs[ej], qi2, qkey_all[qi2], fp, p)
             if got is not None:
                 found.append(Match(names[num], *got))
         found.sort(key=lambda x: (-x.seconds_matched, -x.matches))
         return found[:limit]
-
-    @staticmethod
-    def _lookup(b: _Block, keys: np.ndarray, qidx: np.ndarray, alive: np.ndarray, all_alive: bool, p: MatchParams):
-        pos = np.searchsorted(b.ukeys, keys, side="left")
-        pos_c = np.minimum(pos, b.ukeys.size - 1)
-        found = b.ukeys[pos_c] == keys
-        lo = b.ustart[pos_c]
-        counts = np.where(found, b.ustart[pos_c + 1] - lo, 0)
-        counts[counts > p.max_bucket] = 0
-        total = int(counts.sum())
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        ci = starts + np.arange(total)
-        qi = np.repeat(qidx, counts)
-        ref = b.ref[ci]
-        if not all_alive:
-            live = np.flatnonzero(alive[ref])
-            ci, qi, ref = ci[live], qi[live], ref[live]
-        return qi, ref, b.t[ci], b.f[ci].astype(np.float32), b.span[ci].astype(np.float32)
 
     @staticmethod
     def _candidates(ref: np.ndarray, tq: np.ndarray, tr: np.ndarray, df: np.ndarray, ls: np.ndarray, n_refs: int,
@@ -364,8 +561,13 @@ class FingerprintIndex:
         window's start maps to under the hit's coarse time scale), so a 4% scale bin drifts at
         most ~1 s inside a cell however long the query is.
         """
+        # Each hit votes in the two scale bins nearest its own (noisy) scale, so an edit whose scale
+        # sits on a bin edge (x0.8 slowed is ln 1.25 = 5.58 bins) is not split between two cells.
+        x = ls / np.float32(SCALE_BIN)
+        lo_bin = np.floor(x).astype(np.int64)
+        ref, tq, tr, df = (np.concatenate([v, v]) for v in (ref, tq, tr, df))
+        kbin = np.concatenate([lo_bin, lo_bin + 1])
         pitch = np.round(df).astype(np.int64)
-        kbin = np.round(ls / np.float32(SCALE_BIN)).astype(np.int64)
         win = np.floor(tq / np.float32(WINDOW)).astype(np.int64)
         local = tr - (tq - win * np.float32(WINDOW)) * np.exp(-kbin * np.float32(SCALE_BIN)).astype(np.float32)
         off = np.floor(local / np.float32(2.0)).astype(np.int64)
@@ -378,7 +580,7 @@ class FingerprintIndex:
             radix *= width
         r0 = int(ref.min())
         cell += (ref.astype(np.int64) - r0) * radix
-        floor = max(3, p.min_matches // 4)
+        floor = p.min_votes or max(3, p.min_matches // 4)
         if int(cell.max()) < max(4 * ref.size, 1 << 22):  # dense: count without sorting the hits
             counts = np.bincount(cell)
             cells = np.flatnonzero(counts >= floor)
@@ -393,6 +595,35 @@ class FingerprintIndex:
         _, first = np.unique(ranked, return_index=True)
         return [int(r) for r in ranked[np.sort(first)[:p.candidates]]]
 
+
+def _block_ranges(b: _Block, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.searchsorted(b.ukeys, keys, side="left")
+    pos_c = np.minimum(pos, b.ukeys.size - 1)
+    found = b.ukeys[pos_c] == keys
+    lo = b.ustart[pos_c]
+    return lo, np.where(found, b.ustart[pos_c + 1] - lo, 0)
+
+
+def _expand(lo: np.ndarray, cnt: np.ndarray, qidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions lo[i] .. lo[i] + cnt[i] - 1 for every i, qidx[i] repeated alongside)."""
+    total = int(cnt.sum())
+    starts = np.repeat(lo - np.cumsum(cnt) + cnt, cnt)
+    return starts + np.arange(total), np.repeat(qidx, cnt)
+
+
+def _cuts(fp: Fingerprint, qi: np.ndarray, fr: np.ndarray, sr: np.ndarray,
+          p: MatchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hits inside the searched edits: (rows, pitch shift, ln time scale of each)."""
+    df = fp.f[qi] - fr
+    rows = np.flatnonzero(np.abs(df) <= p.max_pitch_shift)
+    # Each hit's own time scale, from its triplet's span: noisy (a few %), so a loose first cut.
+    # Cuts run on the survivors of the previous one only: most hits are chance, and many.
+    ls = np.log(fp.span[qi[rows]] / np.maximum(sr[rows], np.float32(1e-3)))
+    keep = (ls < np.log(p.max_time_scale) + 0.1) & (ls > np.log(p.min_time_scale) - 0.1)
+    rows, ls = rows[keep], ls[keep]
+    df = df[rows]
+    keep = p.allowed(ls, df, slack=1.2)
+    return rows[keep], df[keep], ls[keep]
 
 _QUERY_WINDOW = 600.0  # seconds of a long upload looked up at once
 _QUERY_OVERLAP = 60.0  # neighbouring windows share this much, so a match is not cut in two
