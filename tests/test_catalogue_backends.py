@@ -64,6 +64,7 @@ async def test_uploads_and_stale_versions_are_told_apart_when_the_index_loads(se
         stats = await store.stats()
         assert stats == {"reference": 2, "upload": 1, "removed": 1, "entries": 13,
                          "bytes": len(blob(4)) + len(blob(6)) + len(blob(3))}
+        assert all(type(v) is int for v in stats.values())  # `catalogue stats --json` prints them
 
 
 async def test_two_processes_see_one_catalogue(settings, backend):

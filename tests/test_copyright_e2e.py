@@ -19,18 +19,21 @@ from tests.procs import env_for, run_cli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+LABEL_LOG_BACKENDS = ("sqlite", "postgres")  # on PostgreSQL the catalogue's rows are shared, its index local
+
 UPLOADER = "did:plc:uploader"
 COPY = f"at://{UPLOADER}/fm.plyr.track/3kcopy"
 ORIGINAL_WORK = f"at://{UPLOADER}/fm.plyr.track/3kown"
 
 
-async def test_a_low_bitrate_copy_of_a_catalogued_recording_is_labeled_with_its_evidence(settings, tmp_path):
+async def test_a_low_bitrate_copy_of_a_catalogued_recording_is_labeled_with_its_evidence(settings, tmp_path, backend):
     catalogue_dir = tmp_path / "label-catalogue"
     catalogue_dir.mkdir()
     reference = M.write_wav(catalogue_dir / "hit-single.wav", M.song(101, 45))
     copy = M.mp3(reference, tmp_path / "copy.mp3", kbps=32)
     own = M.mp3(M.write_wav(tmp_path / "own.wav", M.song(202, 45)), tmp_path / "own.mp3", kbps=128)
-    env = env_for(settings.data_dir)
+    env = env_for(settings.data_dir, **({"FIREHOSE_MOD_DATABASE_URL": settings.database_url}
+                                       if settings.database_url else {}))
     added = json.loads(run_cli("catalogue", "add", str(catalogue_dir), "--json", env=env, timeout=120).stdout)
     assert len(added["added"]) == 1 and added["failed"] == []
     (listed,) = [json.loads(line) for line in run_cli("catalogue", "list", "--json", env=env).stdout.splitlines()]
@@ -72,3 +75,5 @@ async def test_a_low_bitrate_copy_of_a_catalogued_recording_is_labeled_with_its_
     assert json.loads(removed.stdout) == {"ref": listed["ref"], "removed": True}
     stats = json.loads(run_cli("catalogue", "stats", "--json", env=env).stdout)
     assert stats["reference"] == 0 and stats["upload"] == 2  # both uploads were indexed too
+    if settings.database_url:  # rows on PostgreSQL; only this machine's index segments are local
+        assert not settings.db_path.exists()

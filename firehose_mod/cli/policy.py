@@ -19,8 +19,7 @@ from firehose_mod.scan.cover import BlocklistError
 from firehose_mod.scan.fingerprint import FingerprintIndex
 from firehose_mod.scan.policy import PolicyError
 from firehose_mod.scan.registry import open_engine
-from firehose_mod.store.catalogue import CatalogueStore
-from firehose_mod.store.open import open_decision_store, open_ingest_store
+from firehose_mod.store.open import open_catalogue_store, open_decision_store, open_ingest_store
 from firehose_mod.syntax import check_at_uri, check_subject
 
 async def scan(settings: Settings, args: argparse.Namespace) -> int:
@@ -109,8 +108,7 @@ async def _unknown_tracks(store, uris: list[str]) -> list[str]:
     return [u for u in uris if u not in known]
 
 async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
-    store = await CatalogueStore.open(settings.db_path, synchronous=settings.db_synchronous)
-    try:
+    async with open_catalogue_store(settings) as store:
         match args.catalogue_command:
             case "add":
                 index = FingerprintIndex()  # the running daemon reloads its own within 30 s
@@ -157,6 +155,4 @@ async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     raise CommandError(f"no reference {args.ref!r} in the catalogue (see: firehose-mod catalogue list)")
                 return 0 if removed else 1
-    finally:
-        await store.close()
     raise CommandError(f"unknown catalogue command {args.catalogue_command}")

@@ -206,10 +206,17 @@ class Catalogue:
 
 @asynccontextmanager
 async def open_catalogue(db_path: Path, *, synchronous: str = "FULL", read_only: bool = False,
-                         ) -> AsyncIterator[Catalogue]:
+                         database_url: str | None = None) -> AsyncIterator[Catalogue]:
     """Open the catalogue and its index: the on-disk segments are mapped, not read, so start-up
-    takes about a second at any size; only references no segment holds yet are read into memory."""
-    store = await CatalogueStore.open(db_path, synchronous=synchronous, readonly=read_only)
+    takes about a second at any size; only references no segment holds yet are read into memory.
+    With `database_url` the rows are PostgreSQL's, shared by every scan machine; the segments
+    stay beside `db_path`, this machine's own."""
+    if database_url:
+        from firehose_mod.store.pg.catalogue import PgCatalogueStore
+
+        store = await PgCatalogueStore.open(database_url)
+    else:
+        store = await CatalogueStore.open(db_path, synchronous=synchronous, readonly=read_only)
     files = IndexFiles(index_dir(db_path), writable=not read_only)
     try:
         index = FingerprintIndex()

@@ -150,7 +150,8 @@ async def open_engine(settings: Settings, label_log: LabelLog | None = None, *, 
         catalogue = None
         if "copyright" in names:
             catalogue = await stack.enter_async_context(
-                open_catalogue(db_path, synchronous=settings.db_synchronous, read_only=read_only))
+                open_catalogue(db_path, synchronous=settings.db_synchronous, read_only=read_only,
+                               database_url=settings.database_url))
         # DID documents and PDS endpoints are strangers: the vetted client for them too.
         client = await stack.enter_async_context(outbound_client(settings))
         fetcher = await stack.enter_async_context(media_fetcher(settings, client, resolver=resolver,

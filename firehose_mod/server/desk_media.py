@@ -43,6 +43,7 @@ from firehose_mod.scan.fingerprint.extract import ffmpeg_input
 from firehose_mod.scan.media import SafeFetcher
 from firehose_mod.store.catalogue import CatalogueStore
 from firehose_mod.store.db import SchemaError, close_shielded
+from firehose_mod.store.pg.label_log import DatabaseUnreachable
 from firehose_mod.store.review import ReviewItem, ReviewStore
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,8 @@ class DeskMedia:
     `fetcher`: an open `SafeFetcher` (not closed here); without one, a fetcher over the scanners'
     cache (`DATA_DIR/media`) is opened on first use, as `scan.registry` builds it, and closed by
     `aclose()`. The catalogue is read (read-only) from `catalogue_db_path`, default the labeler's
-    database. `cpu` runs the image decoder (default: anyio's worker processes).
+    database (PostgreSQL's with `database_url`). `cpu` runs the image decoder (default: anyio's
+    worker processes).
     """
 
     def __init__(self, settings: Settings, review_store: ReviewStore, *, fetcher: SafeFetcher | None = None,
@@ -254,8 +256,13 @@ class DeskMedia:
         async with self._opening:
             if self._catalogue is None:
                 try:
-                    self._catalogue = await CatalogueStore.open(self._catalogue_path, readonly=True)
-                except (sqlite3.Error, SchemaError) as exc:  # a missing, unreadable or newer database
+                    if self.settings.database_url and self._catalogue_path == self.settings.db_path:
+                        from firehose_mod.store.pg.catalogue import PgCatalogueStore  # the shared catalogue
+
+                        self._catalogue = await PgCatalogueStore.open(self.settings.database_url)
+                    else:
+                        self._catalogue = await CatalogueStore.open(self._catalogue_path, readonly=True)
+                except (sqlite3.Error, SchemaError, DatabaseUnreachable) as exc:  # missing, unreadable or newer
                     raise MediaMissing(f"the catalogue cannot be read: {exc}") from None
                 self._owned.push_async_callback(close_shielded, self._catalogue)
         return self._catalogue

@@ -91,14 +91,16 @@ class PgCatalogueStore(PgPoolStore):
     async def stats(self) -> dict[str, int]:
         """Refs by kind (live), removed refs, index entries and stored bytes: for status and metrics."""
         out = {"reference": 0, "upload": 0, "removed": 0, "entries": 0, "bytes": 0}
-        for kind, removed, n, entries in await self._pool.fetch(
-                "SELECT kind, removed, count(*), coalesce(sum(entries), 0) FROM catalogue_refs GROUP BY kind, removed"):
+        for kind, removed, n, entries in await self._pool.fetch(  # ::bigint: sum() of a bigint is a numeric
+                "SELECT kind, removed, count(*), coalesce(sum(entries), 0)::bigint FROM catalogue_refs"
+                " GROUP BY kind, removed"):
             if removed:
                 out["removed"] += n
             else:
                 out[kind] += n
                 out["entries"] += entries
-        out["bytes"] = await self._pool.fetchval("SELECT coalesce(sum(octet_length(data)), 0) FROM catalogue_hashes")
+        out["bytes"] = await self._pool.fetchval(
+            "SELECT coalesce(sum(octet_length(data)), 0)::bigint FROM catalogue_hashes")
         return out
 
     async def load_all(self, fp_version: str) -> tuple[list[tuple[str, bytes]], list[str]]:
