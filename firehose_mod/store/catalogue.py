@@ -41,8 +41,8 @@ def _row(r) -> CatalogueRef:
     return CatalogueRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], chroma, r[9], r[10], r[11], bool(r[12]))
 
 
-class CatalogueStore(Store):
-    """Typed access to the catalogue tables; safe to share one connection between tasks."""
+class CatalogueAdds:
+    """Adding references and uploads, whatever the backend: each store's `_put` holds its SQL."""
 
     async def add_reference(self, ref: str, entries: bytes, *, fp_version: str, entry_count: int,
                             title: str | None = None, artist: str | None = None, source: str | None = None,
@@ -59,6 +59,22 @@ class CatalogueStore(Store):
         """Index a scanned upload under its at-uri (a new version replaces the old one)."""
         return await self._put("upload", ref, entries, fp_version, entry_count, title, artist, source,
                                duration, sha256, chromaprint)
+
+
+def split_live(rows, fp_version: str) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """`live_refs` from rows of (id, ref, added, fp_version): the refs this code's fingerprint
+    version can match, and those it cannot (re-import them)."""
+    live, stale = {}, []
+    for row_id, ref, added, version in rows:
+        if version == fp_version:
+            live[ref] = (row_id, added)
+        else:
+            stale.append(ref)
+    return live, stale
+
+
+class CatalogueStore(CatalogueAdds, Store):
+    """Typed access to the catalogue tables; safe to share one connection between tasks."""
 
     async def _put(self, kind, ref, entries, fp_version, entry_count, title, artist, source, duration, sha256,
                    chromaprint) -> int:
@@ -156,17 +172,11 @@ class CatalogueStore(Store):
         """({ref: (row id, added)} of every live ref with hashes made by `fp_version`, [refs made by
         another version]): what an on-disk index segment is checked against at start, without
         reading a single fingerprint."""
-        live, stale = {}, []
         async with self._reading(
             "SELECT r.id, r.ref, r.added, r.fp_version FROM catalogue_refs r"
             " WHERE r.removed = 0 AND EXISTS (SELECT 1 FROM catalogue_hashes h WHERE h.ref_id = r.id) ORDER BY r.id"
         ) as cur:
-            async for row_id, ref, added, version in cur:
-                if version == fp_version:
-                    live[ref] = (row_id, added)
-                else:
-                    stale.append(ref)
-        return live, stale
+            return split_live(await cur.fetchall(), fp_version)
 
     async def load_entries(self, row_ids: list[int]) -> list[tuple[str, int, str, bytes]]:
         """[(ref, row id, added, packed entries)] of these rows (live ones with hashes), by id."""

@@ -116,7 +116,38 @@ def _as_dict(f) -> dict:
     return asdict(f) if is_dataclass(f) else dict(f)
 
 
-class ReviewWriter:
+class ReviewRules:
+    """What an event does to its item, whatever the backend: the state derived from the event
+    (review/states.py), then `_insert_event` and `_set_status`, each backend's own SQL."""
+
+    async def close_waiting(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
+        """Close the waiting items of `uri` as the system actor `actor`: "content-deleted" is a
+        #recordEvent (op delete), any other resolution a #modEventAcknowledge. Returns how many."""
+        action = "delete" if resolution == "content-deleted" else "resolve"
+        items = await self.waiting_for(uri, values)
+        for item in items:
+            await self.append(item, action, BuiltinActor("system", actor), reason=resolution)
+        return len(items)
+
+    async def append(self, item: ReviewItem, action: str, actor: ActorRef, *, reason: str | None = None,
+                     labels: list[dict] = (), payload: dict | None = None) -> int:
+        """Record `action` on `item` and derive its new state; TransitionError if it does not apply."""
+        after = st.next_status(action, item.status)
+        labels = list(labels)
+        etype = st.event_type(action, any(not x["neg"] for x in labels), any(x["neg"] for x in labels))
+        now = now_iso()
+        event_id = await self._insert_event(item.id, item.uri, item.cid, item.value, etype, action, item.status,
+                                            after, actor, reason, labels, payload or {}, now)
+        proposal = event_id if action == "propose" else (item.proposal_event if after == item.status else None)
+        closed = st.is_closed(after)
+        # resolution, resolved_by, resolved_at: the closing decision (legacy "resolve" keeps its free text)
+        resolved = ((reason if action == "resolve" else after), actor.name, now) if closed else (None, None, None)
+        await self._set_status(item.id, after, st.review_state(after), "resolved" if closed else "open", proposal,
+                               event_id, now, resolved)
+        return event_id
+
+
+class ReviewWriter(ReviewRules):
     """Item and event writes inside a transaction someone else holds (see `DecisionWriter.review`)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -170,35 +201,13 @@ class ReviewWriter:
         async with self._db.execute(sql + " ORDER BY id", params) as cur:
             return [item_from_row(r) for r in await cur.fetchall()]
 
-    async def close_waiting(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
-        """Close the waiting items of `uri` as the system actor `actor`: "content-deleted" is a
-        #recordEvent (op delete), any other resolution a #modEventAcknowledge. Returns how many."""
-        action = "delete" if resolution == "content-deleted" else "resolve"
-        items = await self.waiting_for(uri, values)
-        for item in items:
-            await self.append(item, action, BuiltinActor("system", actor), reason=resolution)
-        return len(items)
-
-    async def append(self, item: ReviewItem, action: str, actor: ActorRef, *, reason: str | None = None,
-                     labels: list[dict] = (), payload: dict | None = None) -> int:
-        """Record `action` on `item` and derive its new state; TransitionError if it does not apply."""
-        after = st.next_status(action, item.status)
-        labels = list(labels)
-        etype = st.event_type(action, any(not x["neg"] for x in labels), any(x["neg"] for x in labels))
-        now = now_iso()
-        event_id = await self._insert_event(item.id, item.uri, item.cid, item.value, etype, action, item.status,
-                                            after, actor, reason, labels, payload or {}, now)
-        proposal = event_id if action == "propose" else (item.proposal_event if after == item.status else None)
-        closed = st.is_closed(after)
-        # resolution, resolved_by, resolved_at: the closing decision (legacy "resolve" keeps its free text)
-        resolved = ((reason if action == "resolve" else after), actor.name, now) if closed else (None, None, None)
+    async def _set_status(self, item_id: int, status: str, review_state: str, state: str, proposal: int | None,
+                          event_id: int, now: str, resolved: tuple) -> None:
         await self._db.execute(
             "UPDATE review_items SET status = ?, review_state = ?, state = ?, proposal_event = ?, last_event = ?,"
             " updated = ?, resolution = ?, resolved_by = ?, resolved_at = ? WHERE id = ?",
-            (after, st.review_state(after), "resolved" if closed else "open", proposal, event_id, now, *resolved,
-             item.id),
+            (status, review_state, state, proposal, event_id, now, *resolved, item_id),
         )
-        return event_id
 
     async def _insert_event(self, item_id, uri, cid, value, etype, action, before, after, actor: ActorRef,
                             reason, labels, payload, now) -> int:

@@ -11,32 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from firehose_mod.labels.model import now_iso
-from firehose_mod.store.catalogue import _COLUMNS, CatalogueRef, _row
+from firehose_mod.store.catalogue import _COLUMNS, CatalogueAdds, CatalogueRef, _row, split_live
 from firehose_mod.store.pg.pool import PgPoolStore
 
 __all__ = ["PgCatalogueStore"]
 
 
-class PgCatalogueStore(PgPoolStore):
+class PgCatalogueStore(CatalogueAdds, PgPoolStore):
     """The catalogue tables over a PostgreSQL database (the same methods as CatalogueStore)."""
 
     APPLICATION = "firehose-mod catalogue"
-
-    async def add_reference(self, ref: str, entries: bytes, *, fp_version: str, entry_count: int,
-                            title: str | None = None, artist: str | None = None, source: str | None = None,
-                            duration: float | None = None, sha256: str | None = None,
-                            chromaprint: np.ndarray | None = None) -> int:
-        """Add (or replace) a reference recording; returns its row id."""
-        return await self._put("reference", ref, entries, fp_version, entry_count, title, artist, source,
-                               duration, sha256, chromaprint)
-
-    async def add_upload(self, ref: str, entries: bytes, *, fp_version: str, entry_count: int,
-                         title: str | None = None, artist: str | None = None, source: str | None = None,
-                         duration: float | None = None, sha256: str | None = None,
-                         chromaprint: np.ndarray | None = None) -> int:
-        """Index a scanned upload under its at-uri (a new version replaces the old one)."""
-        return await self._put("upload", ref, entries, fp_version, entry_count, title, artist, source,
-                               duration, sha256, chromaprint)
 
     async def _put(self, kind, ref, entries, fp_version, entry_count, title, artist, source, duration, sha256,
                    chromaprint) -> int:
@@ -119,15 +103,9 @@ class PgCatalogueStore(PgPoolStore):
     async def live_refs(self, fp_version: str) -> tuple[dict[str, tuple[int, str]], list[str]]:
         """({ref: (row id, added)} of every live ref with hashes made by `fp_version`, [refs made by
         another version]), without reading a fingerprint (what index segments are checked against)."""
-        live, stale = {}, []
-        for row_id, ref, added, version in await self._pool.fetch(
-                "SELECT r.id, r.ref, r.added, r.fp_version FROM catalogue_refs r WHERE NOT r.removed"
-                " AND EXISTS (SELECT 1 FROM catalogue_hashes h WHERE h.ref_id = r.id) ORDER BY r.id"):
-            if version == fp_version:
-                live[ref] = (row_id, added)
-            else:
-                stale.append(ref)
-        return live, stale
+        return split_live(await self._pool.fetch(
+            "SELECT r.id, r.ref, r.added, r.fp_version FROM catalogue_refs r WHERE NOT r.removed"
+            " AND EXISTS (SELECT 1 FROM catalogue_hashes h WHERE h.ref_id = r.id) ORDER BY r.id"), fp_version)
 
     async def load_entries(self, row_ids: list[int]) -> list[tuple[str, int, str, bytes]]:
         """[(ref, row id, added, packed entries)] of these rows (live ones with hashes), by id."""

@@ -15,12 +15,12 @@ import json
 
 from firehose_mod.labels.model import now_iso
 from firehose_mod.review import states as st
-from firehose_mod.store.review import ITEM_COLUMNS, ActorRef, BuiltinActor, ReviewItem, _json, item_from_row
+from firehose_mod.store.review import ITEM_COLUMNS, ActorRef, ReviewItem, ReviewRules, _json, item_from_row
 
 __all__ = ["PgReviewWriter"]
 
 
-class PgReviewWriter:
+class PgReviewWriter(ReviewRules):
     """Item and event writes inside a transaction someone else holds on `conn` (`PgDecisionWriter.review`)."""
 
     def __init__(self, conn) -> None:
@@ -75,34 +75,12 @@ class PgReviewWriter:
         rows = await self._conn.fetch(sql + " ORDER BY id FOR NO KEY UPDATE", *args)
         return [item_from_row(r) for r in rows]
 
-    async def close_waiting(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
-        """Close the waiting items of `uri` as the system actor `actor`: "content-deleted" is a
-        #recordEvent (op delete), any other resolution a #modEventAcknowledge. Returns how many."""
-        action = "delete" if resolution == "content-deleted" else "resolve"
-        items = await self.waiting_for(uri, values)
-        for item in items:
-            await self.append(item, action, BuiltinActor("system", actor), reason=resolution)
-        return len(items)
-
-    async def append(self, item: ReviewItem, action: str, actor: ActorRef, *, reason: str | None = None,
-                     labels: list[dict] = (), payload: dict | None = None) -> int:
-        """Record `action` on `item` and derive its new state; TransitionError if it does not apply."""
-        after = st.next_status(action, item.status)
-        labels = list(labels)
-        etype = st.event_type(action, any(not x["neg"] for x in labels), any(x["neg"] for x in labels))
-        now = now_iso()
-        event_id = await self._insert_event(item.id, item.uri, item.cid, item.value, etype, action, item.status,
-                                            after, actor, reason, labels, payload or {}, now)
-        proposal = event_id if action == "propose" else (item.proposal_event if after == item.status else None)
-        closed = st.is_closed(after)
-        # resolution, resolved_by, resolved_at: the closing decision (legacy "resolve" keeps its free text)
-        resolved = ((reason if action == "resolve" else after), actor.name, now) if closed else (None, None, None)
+    async def _set_status(self, item_id: int, status: str, review_state: str, state: str, proposal: int | None,
+                          event_id: int, now: str, resolved: tuple) -> None:
         await self._conn.execute(
             "UPDATE review_items SET status = $1, review_state = $2, state = $3, proposal_event = $4, last_event = $5,"
             " updated = $6, resolution = $7, resolved_by = $8, resolved_at = $9 WHERE id = $10",
-            after, st.review_state(after), "resolved" if closed else "open", proposal, event_id, now, *resolved,
-            item.id)
-        return event_id
+            status, review_state, state, proposal, event_id, now, *resolved, item_id)
 
     async def _insert_event(self, item_id, uri, cid, value, etype, action, before, after, actor: ActorRef,
                             reason, labels, payload, now) -> int:
