@@ -85,9 +85,10 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
 
 async def run_server(
     settings: Settings, label_log: LabelLog, review: ReviewServices | None = None, *, media=None, reports=None,
-    task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED,
+    status=(), task_status: TaskStatus[LabelServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `label_log` until cancelled; reports the started server through `task_status`."""
+    """Serve `label_log` until cancelled; reports the started server through `task_status`.
+    `status`: providers of /admin/status parts, in place before the first request is answered."""
     feed = LabelFeed(
         label_log,
         recent=settings.stream_recent_labels,
@@ -101,6 +102,7 @@ async def run_server(
     # The operator credential for /admin/*: a file only the data directory's owner can read.
     server = LabelServer(settings, feed, metrics, admin_token=load_or_create_token(settings.data_dir), review=review,
                          media=media, reports=reports)
+    server.status_providers.extend(status)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await tg.start(server.serve)
@@ -163,8 +165,9 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
         stack.callback(lock.release)
 
         async with anyio.create_task_group() as tg:
+            ingest_status = partial(_ingest_status, store, source, workers, role, lock)
             server = await tg.start(partial(run_server, settings, label_log, review, media=desk_media,
-                                                   reports=reports))
+                                            reports=reports, status=[ingest_status]))
             server.metrics.registry.register(ScanCollector(engine))
             if role.scans:
                 tg.start_soon(supervised, "scan_workers", workers.run)
@@ -173,7 +176,6 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
             server.metrics.registry.register(ReviewCollector(review))
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine,
                      "review": review, "role": role, "lock": lock}
-            server.status_providers.append(lambda: _ingest_status(store, source, workers, role, lock))
             if role.ingests:
                 leader = partial(_lead, tg, settings, store, (source, watched), workers, review, poster, server, parts)
                 if await lock.acquire(wait=False):
