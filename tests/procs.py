@@ -27,6 +27,24 @@ def env_for(data_dir: Path, port: int | None = None, **extra: str) -> dict:
     return env
 
 
+def operator_status(port: int, data_dir: Path) -> dict | None:
+    """The daemon's /admin/status, or None while it is not answering yet. The operator token is
+    read only after the server answered: the daemon writes it before it listens, so a token read
+    earlier may be missing (and a request sent with none is refused, not retried)."""
+    import httpx
+
+    from firehose_mod.server.admin import auth_header
+
+    base = f"http://127.0.0.1:{port}"
+    try:
+        httpx.get(base + "/xrpc/_health", timeout=2).raise_for_status()
+        response = httpx.get(base + "/admin/status", timeout=5, headers=auth_header(data_dir))
+    except httpx.HTTPError:
+        return None
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()
+
+
 def run_cli(*args: str, env: dict, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "firehose_mod", *args], env=env, capture_output=True, text=True, timeout=timeout

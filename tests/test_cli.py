@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from firehose_mod.labels import Label, verify_label
-from firehose_mod.server.admin import auth_header
 
-from tests.procs import env_for, free_port, json_lines, run_cli, start_server
+from tests.procs import env_for, free_port, json_lines, operator_status, run_cli, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -302,14 +301,10 @@ def _wait_until_scanned(daemon, port: int, data_dir) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert daemon.poll() is None, daemon.stderr.read().decode()[-3000:]
-        try:
-            queue = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=2,
-                              headers=auth_header(data_dir)).json()["queue"]
-            if queue["done"] + queue["failed"] >= 1:
-                assert queue["failed"] == 0
-                return
-        except httpx.HTTPError:
-            pass
+        status = operator_status(port, data_dir)
+        if status is not None and status["queue"]["done"] + status["queue"]["failed"] >= 1:
+            assert status["queue"]["failed"] == 0
+            return
         time.sleep(0.2)
     raise AssertionError("the daemon did not scan the track in 60 s")
 

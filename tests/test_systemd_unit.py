@@ -22,12 +22,11 @@ import anyio.from_thread
 import httpx
 import pytest
 
-from firehose_mod.server.admin import auth_header
 
 from tests import media as M
 from tests.fakes.jetstream import T0, FakeJetstream, commit, track_record
 from tests.fakes.media_server import MediaServer
-from tests.procs import free_port
+from tests.procs import free_port, operator_status
 from tests.test_systemd_sandbox import UID, needs_sandbox, read_unit, sandbox_command
 
 pytestmark = pytest.mark.slow
@@ -113,13 +112,9 @@ def _wait_scanned(daemon: subprocess.Popen, port: int, state: Path) -> tuple[dic
             err = daemon.stderr.read()
             raise AssertionError(f"the unit died: exit {daemon.returncode} ({_signal_name(daemon.returncode)}): "
                                  f"{err[-3000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/xrpc/_health", timeout=1).raise_for_status()
-            status = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=5, headers=auth_header(state)).json()
-            if status["queue"]["done"] + status["queue"]["failed"] >= 1:
-                return status, httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        except httpx.HTTPError:
-            pass
+        status = operator_status(port, state)
+        if status is not None and status["queue"]["done"] + status["queue"]["failed"] >= 1:
+            return status, httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         time.sleep(0.2)
     raise AssertionError("the unit did not scan the track in 90 s")
 
