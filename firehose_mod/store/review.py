@@ -117,8 +117,30 @@ def _as_dict(f) -> dict:
 
 
 class ReviewRules:
-    """What an event does to its item, whatever the backend: the state derived from the event
-    (review/states.py), then `_insert_event` and `_set_status`, each backend's own SQL."""
+    """What opening an item and an event on it do, whatever the backend: the state derived from the
+    event (review/states.py); each backend has only its SQL (`_decided`, `_insert_item`,
+    `_set_last_event`, `_insert_event`, `_set_status`, `waiting_for`)."""
+
+    async def open_item(self, uri: str, cid: str | None, value: str, reason: str, findings, *,
+                        actor: ActorRef, source: str = "scan", force: bool = False) -> int | None:
+        """Open an item and record its #modEventReport; None when it is not opened.
+
+        Not opened: an item for (uri, value) is still waiting, or (unless `force`) a person
+        already decided (uri, value) for this very cid: a rescan must not ask the same question again.
+        """
+        if not force and await self._decided(uri, cid, value):
+            return None
+        evidence = _json(findings)
+        kind = st.item_kind(json.loads(evidence), source)
+        now = now_iso()
+        item_id = await self._insert_item((uri, cid, value, reason, evidence, now, kind, source, now))
+        if item_id is None:  # one for (uri, value) is waiting (the review_open index)
+            return None
+        payload = {"source": source, "kind": kind, "evidence": json.loads(evidence)}
+        event_id = await self._insert_event(item_id, uri, cid, value, "modEventReport", "open", None, st.OPEN,
+                                            actor, reason, [], payload, now)
+        await self._set_last_event(item_id, event_id)
+        return item_id
 
     async def close_waiting(self, uri: str, resolution: str, actor: str, values: list[str] | None = None) -> int:
         """Close the waiting items of `uri` as the system actor `actor`: "content-deleted" is a
@@ -153,31 +175,16 @@ class ReviewWriter(ReviewRules):
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
-    async def open_item(self, uri: str, cid: str | None, value: str, reason: str, findings, *,
-                        actor: ActorRef, source: str = "scan", force: bool = False) -> int | None:
-        """Open an item and record its #modEventReport; None when it is not opened.
-
-        Not opened: an item for (uri, value) is still waiting, or (unless `force`) a person
-        already decided (uri, value) for this very cid: a rescan must not ask the same question again.
-        """
-        if not force and await self._decided(uri, cid, value):
-            return None
-        evidence = _json(findings)
-        kind = st.item_kind(json.loads(evidence), source)
-        now = now_iso()
+    async def _insert_item(self, row: tuple) -> int | None:
         async with self._db.execute(
-            "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created, status, review_state,"
-            " kind, source, updated) VALUES (?, ?, ?, ?, ?, ?, 'open', 'reviewOpen', ?, ?, ?) RETURNING id",
-            (uri, cid, value, reason, evidence, now, kind, source, now),
+            "INSERT OR IGNORE INTO review_items (uri, cid, value, reason, evidence, created, kind, source, updated,"
+            " status, review_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', 'reviewOpen') RETURNING id", row,
         ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        payload = {"source": source, "kind": kind, "evidence": json.loads(evidence)}
-        event_id = await self._insert_event(row[0], uri, cid, value, "modEventReport", "open", None, st.OPEN,
-                                            actor, reason, [], payload, now)
-        await self._db.execute("UPDATE review_items SET last_event = ? WHERE id = ?", (event_id, row[0]))
-        return row[0]
+            found = await cur.fetchone()
+        return found[0] if found else None
+
+    async def _set_last_event(self, item_id: int, event_id: int) -> None:
+        await self._db.execute("UPDATE review_items SET last_event = ? WHERE id = ?", (event_id, item_id))
 
     async def _decided(self, uri: str, cid: str | None, value: str) -> bool:
         async with self._db.execute(

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 
-from firehose_mod.labels.model import now_iso
 from firehose_mod.review import states as st
-from firehose_mod.store.review import ITEM_COLUMNS, ActorRef, ReviewItem, ReviewRules, _json, item_from_row
+from firehose_mod.store.review import ITEM_COLUMNS, ActorRef, ReviewItem, ReviewRules, item_from_row
 
 __all__ = ["PgReviewWriter"]
 
@@ -26,32 +25,15 @@ class PgReviewWriter(ReviewRules):
     def __init__(self, conn) -> None:
         self._conn = conn
 
-    async def open_item(self, uri: str, cid: str | None, value: str, reason: str, findings, *,
-                        actor: ActorRef, source: str = "scan", force: bool = False) -> int | None:
-        """Open an item and record its #modEventReport; None when it is not opened.
+    async def _insert_item(self, row: tuple) -> int | None:
+        # One being opened by another transaction is waited for, then found (ON CONFLICT).
+        return await self._conn.fetchval(
+            "INSERT INTO review_items (uri, cid, value, reason, evidence, created, kind, source, updated, status,"
+            " review_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', 'reviewOpen')"
+            " ON CONFLICT DO NOTHING RETURNING id", *row)
 
-        Not opened: an item for (uri, value) is still waiting, or (unless `force`) a person
-        already decided (uri, value) for this very cid: a rescan must not ask the same question again.
-        """
-        if not force and await self._decided(uri, cid, value):
-            return None
-        evidence = _json(findings)
-        kind = st.item_kind(json.loads(evidence), source)
-        now = now_iso()
-        # A waiting item for (uri, value) (the review_open index) makes this a no-op; one being
-        # opened by another transaction is waited for, then found.
-        item_id = await self._conn.fetchval(
-            "INSERT INTO review_items (uri, cid, value, reason, evidence, created, status, review_state, kind, source,"
-            " updated) VALUES ($1, $2, $3, $4, $5, $6, 'open', 'reviewOpen', $7, $8, $9)"
-            " ON CONFLICT DO NOTHING RETURNING id",
-            uri, cid, value, reason, evidence, now, kind, source, now)
-        if item_id is None:
-            return None
-        payload = {"source": source, "kind": kind, "evidence": json.loads(evidence)}
-        event_id = await self._insert_event(item_id, uri, cid, value, "modEventReport", "open", None, st.OPEN,
-                                            actor, reason, [], payload, now)
+    async def _set_last_event(self, item_id: int, event_id: int) -> None:
         await self._conn.execute("UPDATE review_items SET last_event = $1 WHERE id = $2", event_id, item_id)
-        return item_id
 
     async def _decided(self, uri: str, cid: str | None, value: str) -> bool:
         found = await self._conn.fetchval(
