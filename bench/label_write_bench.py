@@ -8,6 +8,9 @@ Usage (see bench/LABEL_WRITES.md for the runs and what they found):
     python3 bench/label_write_bench.py single --db DB --count 2000     # 2,000 emit()s on an existing (large) log
     python3 bench/label_write_bench.py skyware --to 100000 --step 10000
     python3 bench/label_write_bench.py import --n 1000000              # `firehose-mod import --from URL`
+    python3 bench/label_write_bench.py build --to 1000000 --db DB      # a 1M-label log in plain SQL (~2 min)
+    python3 bench/label_write_bench.py ab --version head=/tmp/head --version now=- --rounds 4 --to 30000 \
+        --big-db head=M1-HEAD.db --big-db now=M1-NOW.db --big-labels 20000   # alternating A/B, CPU us a label
 
 Every mode writes one JSON line per step to stdout and the whole run to <--work>/<mode>-<tag>-<UTC>.json
 (--work: bench/results/label_writes, where the databases go too).
@@ -25,6 +28,16 @@ Every mode writes one JSON line per step to stdout and the whole run to <--work>
   average (the machine is shared: CPU time is the steadier figure when something else runs).
   A step's requests are built before its clock starts (the bench's base32 uris cost ~10 us a
   label, which is not the write path's).
+- `build` fills --db (fresh) with --to labels in plain SQL, for `batched --resume` onto a large log
+  without writing it label by label: the bench's label set in seq order, random 64-byte sigs and
+  230-byte CBOR, a `label_state` row and a decision per label (the bench's), every index filled
+  in seq order as the real path fills them. The labels are not verifiable (it is only the size
+  and the shape of the indexes that matter); `single --db` and `batched --resume` write real ones on top.
+- `ab` runs `batched` in a fresh process per (version, size), versions alternating (ABBA...): each
+  `--version NAME=PATH` puts PATH first on PYTHONPATH (e.g. `git archive HEAD firehose_mod | tar -x
+  -C PATH`; `-` is this tree), writes `--to` labels into a fresh log, then (with `--big-db NAME=DB`,
+  a copy of a `build` log for each version: a newer schema cannot be opened by older code)
+  `--big-labels` more onto it; one row per run with the writer's and the helper's CPU us a label.
 - `skyware` runs `LabelerServer#createLabels({uri}, {create: [val]})` one label at a time in node,
   on a fresh database (@skyware/labeler 0.2.0 from bench/skyware, `bash bench/skyware/install.sh`).
 - `import` populates a source data directory with `--n` labels (emit_many, NORMAL: it is only the
@@ -229,6 +242,89 @@ def skyware(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def build(a: argparse.Namespace) -> list[dict]:
+    """A log of `--to` labels shaped as `batched` leaves one (see the module docstring), in plain SQL."""
+    import sqlite3
+
+    db = Path(a.db)
+    fresh(db)
+
+    async def migrate() -> None:
+        await (await LabelLog.open(db, SigningKey.generate(), DID)).close()
+
+    anyio.run(migrate)
+    t0 = time.perf_counter()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -1000000")
+    key_id = SigningKey.generate().did_key
+    evidence, scanners = json.dumps([{"scanner": "bench", "kind": "bench", "score": 1.0}]), json.dumps({"bench": "1"})
+    for lo in range(0, a.to, 100_000):
+        hi = min(a.to, lo + 100_000)
+        labels = [(i + 1, *gen_label(i)) for i in range(lo, hi)]
+        cts = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig, key_id, cbor)"
+                         " VALUES (?, ?, ?, NULL, ?, 0, ?, NULL, ?, ?, ?)",
+                         ((seq, DID, u, v, cts, os.urandom(64), key_id, os.urandom(230)) for seq, u, v in labels))
+        conn.executemany("INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)",
+                         ((u, v, DID, seq) for seq, u, v in labels))
+        conn.executemany("INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version,"
+                         " scanners, evidence, label_seq, actor, reason, created) VALUES"
+                         " (?, NULL, 'label', ?, 'policy', 'bench', 'bench', ?, ?, ?, NULL, NULL, ?)",
+                         ((u, v, scanners, evidence, seq, cts) for seq, u, v in labels))
+        conn.execute("COMMIT")
+        emit({"mode": "build", "labels": hi, "seconds": round(time.perf_counter() - t0, 1)})
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    row = {"mode": "build", "labels": a.to, "seconds": round(time.perf_counter() - t0, 1),
+           "db_mb": round(db.stat().st_size / 1e6)}
+    emit(row)
+    return [row]
+
+
+def ab(a: argparse.Namespace) -> list[dict]:
+    """Alternating A/B of code versions (see the module docstring)."""
+    import sqlite3
+
+    versions = [v.split("=", 1) for v in a.version]
+    big = dict(v.split("=", 1) for v in a.big_db)
+    rows = []
+
+    def run(name: str, path: str, db: str, args: list[str]) -> dict:
+        env = {**os.environ}
+        if path != "-":
+            env["PYTHONPATH"] = path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, __file__, "batched", "--db", db, "--work", a.work, "--batch", str(a.batch), *args,
+               *([] if a.decisions else ["--no-decisions"])]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise SystemExit(f"{name}: {out.stderr[-2000:]}")
+        steps = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        n = sum(r["labels"] for r in steps)
+        return {"mode": "ab", "version": name, "at": steps[0]["at"], "labels": n,
+                "writer_us": round(sum(r["cpu_s"] for r in steps) / n * 1e6, 1),
+                "helper_us": round(sum(r["helper_cpu_s"] for r in steps) / n * 1e6, 1),
+                "labels_per_s": round(n / sum(r["seconds"] for r in steps)),
+                "signed_by_helper": steps[-1]["signed_by_helper"], "load1": steps[-1]["load1"],
+                "utc": time.strftime("%H:%M:%S", time.gmtime())}
+
+    for rnd in range(1, a.rounds + 1):
+        for name, path in versions if rnd % 2 else versions[::-1]:
+            db = Path(a.work) / f"ab-{name}.db"
+            fresh(db)
+            runs = [(str(db), ["--to", str(a.to), "--step", str(a.to)])]
+            if name in big:
+                with sqlite3.connect(big[name]) as conn:
+                    (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM labels").fetchone()
+                runs.append((big[name], ["--resume", "--to", str(head + a.big_labels), "--step", str(a.big_labels)]))
+            for target, args in runs:
+                row = {**run(name, path, target, args), "round": rnd}
+                emit(row)
+                rows.append(row)
+    return rows
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -299,7 +395,7 @@ def import_run(a: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["batched", "single", "skyware", "import"])
+    ap.add_argument("mode", choices=["batched", "single", "skyware", "import", "build", "ab"])
     ap.add_argument("--to", type=int, default=5_000_000, help="write labels until the log holds this many")
     ap.add_argument("--step", type=int, default=100_000, help="report the rate every this many labels")
     ap.add_argument("--batch", type=int, default=1000, help="labels per emit_many")
@@ -312,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-decisions", dest="decisions", action="store_false",
                     help="batched: no also= callback (labels only)")
     ap.add_argument("--pragma", action="append", default=[], help="an extra PRAGMA on the writer (A/B runs)")
+    ap.add_argument("--version", action="append", default=[],
+                    help="ab: NAME=PATH (PATH first on PYTHONPATH; - = this tree)")
+    ap.add_argument("--rounds", type=int, default=4, help="ab: rounds, the versions' order reversed every other round")
+    ap.add_argument("--big-db", action="append", default=[], help="ab: NAME=DB, a large log for version NAME")
+    ap.add_argument("--big-labels", type=int, default=20_000, help="ab: labels written onto each --big-db a round")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--tag", default="", help="a name for this run in the results file")
     a = ap.parse_args(argv)
@@ -327,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = skyware(a)
     elif a.mode == "import":
         rows = import_run(a)
+    elif a.mode == "build":
+        rows = build(a)
+    elif a.mode == "ab":
+        rows = ab(a)
     else:
         rows = anyio.run(batched if a.mode == "batched" else single, a)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -54,7 +54,9 @@ log = structlog.get_logger(__name__)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 # Copied by ops/db_copy.py's label-log copy (or bookkeeping of each backend): never here.
-EXCLUDED = frozenset({"labels", "label_state", "label_head", "decisions", "schema_version"})
+# label_prev: SQLite's links from a label to the one before it on its subject (migration 17);
+# PostgreSQL finds a subject's history through its own index of labels by uri instead.
+EXCLUDED = frozenset({"labels", "label_state", "label_head", "label_prev", "decisions", "schema_version"})
 PAGE = 5000  # rows read per page on each side
 SHOWN = 3  # keys named in a refusal or a problem
 

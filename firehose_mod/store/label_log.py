@@ -28,7 +28,7 @@ import anyio
 import structlog
 from libipld import encode_dag_cbor
 
-from firehose_mod.labels.model import Label, now_iso, parse_datetime, validate_label_fields
+from firehose_mod.labels.model import Label, fast_frozen_init, now_iso, parse_datetime, validate_label_fields
 from firehose_mod.labels.sign_worker import ParallelSigner
 from firehose_mod.labels.signing import SigningKey
 from firehose_mod.store.db import open_db, transaction
@@ -52,6 +52,12 @@ _LABELS_SQL = ("INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig,
                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _STATE_SQL = ("INSERT INTO label_state (uri, val, src, seq) VALUES (?, ?, ?, ?)"
               " ON CONFLICT (uri, val, src) DO UPDATE SET seq = excluded.seq")
+# A label's predecessor on the same (uri, val, src), when it has one (migration 17).
+_PREV_SQL = "INSERT INTO label_prev (seq, prev) VALUES (?, ?)"
+# Every label on a subject: label_state's row for each (val, src) of the uri, then each one's chain
+# of predecessors back through label_prev (migration 17 replaced the index of labels by uri).
+_CHAIN = ("WITH RECURSIVE chain(seq) AS (SELECT seq FROM label_state WHERE {where}"
+          " UNION ALL SELECT p.prev FROM chain c JOIN label_prev p ON p.seq = c.seq)")
 # After this many labels a background checkpoint starts (`_Checkpointer`): every 1,000-label batch.
 CHECKPOINT_EVERY_LABELS = 1000
 WAL_RESTART_FRAMES = 16384  # past this (64 MiB of WAL) a batch lets the checkpoint finish before BEGIN
@@ -59,6 +65,7 @@ WRITER_AUTOCHECKPOINT_PAGES = 32768  # the writer checkpoints when the WAL is pa
 WRITER_CACHE_KIB = 65536  # the writer connection's page cache (SQLite's default is 2,000 KiB)
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class StoredLabel:
     """A label as committed: its seq, the signed label, the did:key that signed it and its wire CBOR."""
@@ -249,31 +256,40 @@ class LabelLog(LabelLogBase):
         src = self.src
         clock = _Clock()
         todo: list[tuple[int, Label]] = []
+        links: list[tuple[int, int]] = []  # (seq, the seq of the label before it on its (uri, val))
         for r in requests:
-            cur = current.get((r.uri, r.val))
+            seq_cur = current.get((r.uri, r.val))
+            cur = seq_cur[1] if seq_cur is not None else None
             if r.cts is not None and not self._import_applies(conn, cur, r):
                 continue
             if not _changes_state(cur, r, now):
                 continue
             label = Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
             head += 1
-            current[(r.uri, r.val)] = label  # a repeat later in this batch is a no-op
+            if seq_cur is not None:
+                links.append((head, seq_cur[0]))
+            current[(r.uri, r.val)] = (head, label)  # a repeat later in this batch is a no-op
             todo.append((head, label))
         if not todo:
             return []
-        # label_state does not need the signatures: it is written while the batch is signed.
+        # label_state and label_prev do not need the signatures: written while the batch is signed.
         state = [(label.uri, label.val, src, seq) for seq, label in todo]
-        written = self._sign(todo, meanwhile=lambda: conn.executemany(_STATE_SQL, state))
-        did_key = written[0].key_id
-        conn.executemany(_LABELS_SQL, [
-            (s.seq, src, s.label.uri, s.label.cid, s.label.val, s.label.neg, s.label.cts, s.label.exp, s.label.sig,
-             did_key, s.cbor) for s in written
-        ])
+
+        def meanwhile() -> None:
+            conn.executemany(_STATE_SQL, state)
+            if links:
+                conn.executemany(_PREV_SQL, links)
+
+        written, rows = self._sign(todo, meanwhile=meanwhile)
+        conn.executemany(_LABELS_SQL, rows)
         return written
 
-    def _sign(self, todo: list[tuple[int, Label]], meanwhile: Callable[[], object] | None = None) -> list[StoredLabel]:
+    def _sign(self, todo: list[tuple[int, Label]],
+              meanwhile: Callable[[], object] | None = None) -> tuple[list[StoredLabel], list[tuple]]:
         """`todo` signed (in the helper process and this thread at once for a large batch:
-        `labels/sign_worker.py`), with each label's wire CBOR; `meanwhile()` runs while it signs."""
+        `labels/sign_worker.py`), with each label's wire CBOR, and their `labels` rows;
+        `meanwhile()` runs while it signs. Each label's fields are built once and encoded twice:
+        without `sig` (what is signed) and with it (the wire CBOR)."""
         key = self.key
         if self._signer is None or self._signer_key is not key:
             self._close_signer()
@@ -281,12 +297,16 @@ class LabelLog(LabelLogBase):
         fields = [label.unsigned() for _, label in todo]
         sigs = self._signer.sign_many([encode_dag_cbor(f) for f in fields], meanwhile)
         did_key = key.did_key
-        out = []
+        written: list[StoredLabel] = []
+        rows: list[tuple] = []
         for (seq, label), f, sig in zip(todo, fields, sigs, strict=True):
             f["sig"] = sig
-            signed = Label(label.src, label.uri, label.val, label.cts, label.cid, label.neg, label.exp, label.ver, sig)
-            out.append(StoredLabel(seq, signed, did_key, encode_dag_cbor(f)))
-        return out
+            cbor = encode_dag_cbor(f)
+            src, uri, val, cts = label.src, label.uri, label.val, label.cts
+            cid, neg, exp = label.cid, label.neg, label.exp
+            written.append(StoredLabel(seq, Label(src, uri, val, cts, cid, neg, exp, label.ver, sig), did_key, cbor))
+            rows.append((seq, src, uri, cid, val, neg, cts, exp, sig, did_key, cbor))
+        return written, rows
 
     def _close_signer(self) -> None:
         signer, self._signer = self._signer, None
@@ -299,13 +319,16 @@ class LabelLog(LabelLogBase):
         if current is not None and parse_datetime(current.cts) > parse_datetime(r.cts):
             return False
         return conn.execute(
-            "SELECT 1 FROM labels WHERE uri = ? AND val = ? AND neg = ? AND cts = ? AND src = ? LIMIT 1",
-            (r.uri, r.val, int(r.neg), r.cts, self.src),
+            _CHAIN.format(where="uri = ? AND val = ? AND src = ?")
+            + " SELECT 1 FROM chain JOIN labels l ON l.seq = chain.seq WHERE l.neg = ? AND l.cts = ? LIMIT 1",
+            (r.uri, r.val, self.src, int(r.neg), r.cts),
         ).fetchone() is None
 
-    def _currents(self, conn: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Label]:
-        """The latest label of this labeler for each (uri, val) in `keys` (inside the write transaction)."""
-        out: dict[tuple[str, str], Label] = {}
+    def _currents(self, conn: sqlite3.Connection,
+                  keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, Label]]:
+        """(seq, label) of the latest label of this labeler for each (uri, val) in `keys` (inside the
+        write transaction)."""
+        out: dict[tuple[str, str], tuple[int, Label]] = {}
         keys_list = list(keys)
         cols = ", ".join("l." + c.strip() for c in _COLUMNS.split(","))
         for i in range(0, len(keys_list), 400):
@@ -320,7 +343,7 @@ class LabelLog(LabelLogBase):
                 (*params, self.src),
             ):
                 stored = _row(row)
-                out[(stored.label.uri, stored.label.val)] = stored.label
+                out[(stored.label.uri, stored.label.val)] = (stored.seq, stored.label)
         return out
 
     # -- reading -----------------------------------------------------------------------
@@ -402,8 +425,11 @@ class LabelLog(LabelLogBase):
         return [r.label for r in rows if r.label.in_force_at(now)]
 
     async def history(self, uri: str) -> list[StoredLabel]:
-        """Every label ever written on `uri`, in seq order (for explain and tests)."""
-        async with self._reader.execute(f"SELECT {_COLUMNS} FROM labels WHERE uri = ? ORDER BY seq", (uri,)) as cur:
+        """Every label ever written on `uri`, in seq order (for explain and tests): the chain of each
+        (val, src) of the uri in label_state (a primary-key range, then a rowid search a label)."""
+        async with self._reader.execute(
+            _CHAIN.format(where="uri = ?") + f" SELECT {_COLUMNS} FROM labels WHERE seq IN chain ORDER BY seq", (uri,)
+        ) as cur:
             return [_row(r) for r in await cur.fetchall()]
 
     async def count(self) -> int:

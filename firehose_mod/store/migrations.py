@@ -494,4 +494,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE scan_jobs ADD COLUMN worker TEXT;
     ALTER TABLE scan_jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
     """,
+    # 17: a label's history by subject through label_state, not an index of labels by uri (issue 19).
+    # `labels_uri` took a random leaf of a large B-tree per label written (~13 us of the ~110 us a
+    # label cost on a 1M-label log: bench/LABEL_WRITES.md); `label_prev` links each label to the one
+    # before it on the same (uri, val, src), and gets a row only when there is one, always at the end
+    # of the table. History = label_state's rows for the uri, then each chain back. The INSERT fills
+    # the links of the labels written so far (one sort of the log: ~4 s a million labels).
+    """
+    CREATE TABLE label_prev (
+        seq  INTEGER PRIMARY KEY,   -- a label
+        prev INTEGER NOT NULL       -- the label before it on the same (uri, val, src)
+    );
+    INSERT INTO label_prev (seq, prev)
+        SELECT seq, prev FROM (
+            SELECT seq, lag(seq) OVER (PARTITION BY uri, val, src ORDER BY seq) AS prev FROM labels
+        ) WHERE prev IS NOT NULL ORDER BY seq;
+    DROP INDEX IF EXISTS labels_uri;
+    """,
 ]
