@@ -12,13 +12,17 @@ from firehose_mod.scan import catalogue as cat
 from firehose_mod.scan.fingerprint import (
     FINGERPRINT_VERSION,
     FingerprintIndex,
+    MatchParams,
     fingerprint_samples,
     index_entries,
 )
+from firehose_mod.scan.fingerprint.align import SCALE_BIN, WINDOW
 from firehose_mod.scan.fingerprint.segment import (
     list_segments,
     pack_postings,
+    unpack_pitch_span,
     unpack_postings,
+    unpack_ref_time,
 )
 from firehose_mod.store.catalogue import CatalogueStore
 from tests import media as M
@@ -128,3 +132,59 @@ def test_maintain_merges_the_smallest_segments_and_deletes_them(fps, tmp_path):
     for s in SEEDS[:4]:
         assert [m.ref_id for m in index.query(fps[s])] == [f"s{s}"]
     files.close()
+
+
+def test_split_unpacking_gives_what_unpack_postings_gives():
+    rng = np.random.default_rng(3)
+    p = rng.integers(0, 2**63, 10_007, dtype=np.uint64)
+    ref, t, f, span = unpack_postings(p)
+    f2, span2 = unpack_pitch_span(p)
+    ref2, t2 = unpack_ref_time(p)
+    assert (ref2 == ref).all() and (t2 == t).all() and (f2 == f).all()
+    assert (span2.view(np.uint32) == span.view(np.uint32)).all()  # bit for bit: the cuts compare it
+
+
+def _vote_every_hit(ref, tq, tr, df, ls, p) -> list[int]:
+    """The candidate vote as it was, over every hit (what the pruned vote must reproduce)."""
+    lo_bin = np.floor(ls / np.float32(SCALE_BIN)).astype(np.int64)
+    ref, tq, tr, df = (np.concatenate([v, v]) for v in (ref, tq, tr, df))
+    kbin = np.concatenate([lo_bin, lo_bin + 1])
+    pitch = np.round(df).astype(np.int64)
+    win = np.floor(tq / np.float32(WINDOW)).astype(np.int64)
+    local = tr - (tq - win * np.float32(WINDOW)) * np.exp(-kbin * np.float32(SCALE_BIN)).astype(np.float32)
+    off = np.floor(local / np.float32(2.0)).astype(np.int64)
+    cells: dict[tuple, int] = {}
+    for c in zip(ref.tolist(), pitch.tolist(), kbin.tolist(), win.tolist(), off.tolist()):
+        cells[c] = cells.get(c, 0) + 1
+    floor = p.min_votes or max(3, p.min_matches // 4)
+    strong = sorted((-n, c) for c, n in cells.items() if n >= floor)
+    out: list[int] = []
+    for _, c in strong:
+        if c[0] not in out:
+            out.append(c[0])
+    return out[:p.candidates]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_pruned_candidate_vote_picks_what_a_vote_of_every_hit_picks(seed):
+    rng = np.random.default_rng(seed)
+    n_refs, n = (50, 2000) if seed % 2 else (5000, 20000)
+    ref = rng.integers(0, n_refs, n)
+    tq = rng.uniform(0, 120, n).astype(np.float32)
+    tr = rng.uniform(0, 200, n).astype(np.float32)
+    df = rng.uniform(-5.5, 5.5, n).astype(np.float32)
+    ls = rng.uniform(-0.4, 0.4, n).astype(np.float32)
+    # a few references with real alignments: many hits in one cell, on and off scale-bin edges
+    for r, scale in ((7, 1.0), (11, 1.25), (23, 0.8), (31, np.exp(0.06))):
+        k = 40 + 5 * r
+        tq_r = rng.uniform(10, 100, k).astype(np.float32)
+        ref = np.concatenate([ref, np.full(k, r)])
+        tq = np.concatenate([tq, tq_r])
+        tr = np.concatenate([tr, (tq_r / scale + 3.0).astype(np.float32)])
+        df = np.concatenate([df, np.full(k, -12 * np.log2(scale), np.float32)])
+        ls = np.concatenate([ls, (np.log(scale) + rng.normal(0, 0.02, k)).astype(np.float32)])
+    p = MatchParams()
+    for params in (p, replace(p, min_votes=0, min_matches=6), replace(p, candidates=3)):
+        expected = _vote_every_hit(ref, tq, tr, df, ls, params)
+        assert {7, 11} <= set(expected) or params.candidates < 4
+        assert FingerprintIndex._candidates(ref, tq, tr, df, ls, n_refs, params) == expected

@@ -38,12 +38,19 @@ def align(tq: np.ndarray, tr: np.ndarray, df: np.ndarray, sq: np.ndarray, sr: np
         return None
     tol = p.offset_tolerance
     centre = float(np.median(tr))  # offsets taken mid-reference: their range stays small at any scale
-    off = tq[None, :] - scales[:, None] * (tr[None, :] - centre)
-    base = np.floor(off.min() / tol)
-    bins = (np.floor(off / tol) - base).astype(np.int64)
+    # The offset bin of every (scale, match), floor((tq - scale * (tr - centre)) / tol), computed
+    # in place: this grid is the fine stage's largest array.
+    off = np.multiply(scales[:, None], (tr - centre)[None, :])
+    np.subtract(tq[None, :], off, out=off)
+    np.divide(off, tol, out=off)
+    np.floor(off, out=off)
+    base = off.min()  # = floor(min offset / tol): division and floor are monotonic
+    off -= base
+    bins = off.astype(np.int64)
+    del off
     width = int(bins.max()) + 2
-    flat = (np.arange(scales.size)[:, None] * width + bins).ravel()
-    hist = np.bincount(flat, minlength=scales.size * width).reshape(scales.size, width)
+    bins += (np.arange(scales.size, dtype=np.int64) * width)[:, None]
+    hist = np.bincount(bins.ravel(), minlength=scales.size * width).reshape(scales.size, width)
     pair = hist[:, :-1] + hist[:, 1:]  # two adjacent bins: an alignment on a bin edge is not split
     si, oi = np.unravel_index(int(np.argmax(pair)), pair.shape)
     s = float(scales[si])

@@ -35,6 +35,7 @@ import numpy as np
 from firehose_mod.scan.fingerprint.align import SCALE_BIN, WINDOW, align
 from firehose_mod.scan.fingerprint.extract import Fingerprint
 from firehose_mod.scan.fingerprint.hashing import (
+    KEY_BITS,
     SEARCH_MARGINS,
     ProbeMargins,
     hash_keys,
@@ -47,7 +48,8 @@ from firehose_mod.scan.fingerprint.segment import (
     RefInfo,
     Segment,
     merge,
-    unpack_postings,
+    unpack_pitch_span,
+    unpack_ref_time,
     write_segment,
 )
 
@@ -493,25 +495,30 @@ class FingerprintIndex:
             sel = np.zeros(keys.size, bool)
             sel[take] = True
             ranges = [(lo, np.where(sel, cnt, 0)) for lo, cnt in ranges]
+        # The cuts run per source, on pitch and span only; reference and time are decoded for
+        # the hits that pass them (the same hits, in the same order, as cutting them all at once).
         cands = []
         for b, (lo, cnt) in zip(blocks, ranges):
             ci, qi = _expand(lo, cnt, qidx)
-            cands.append((qi, b.ref[ci], b.t[ci], b.f[ci].astype(np.float32), b.span[ci].astype(np.float32)))
+            rows, df, ls = _cuts(fp, qi, b.f[ci].astype(np.float32), b.span[ci].astype(np.float32), p)
+            ci = ci[rows]
+            cands.append((qi[rows], b.ref[ci], b.t[ci], df, ls))
         for (s, gnum), (lo, cnt) in zip(segs, ranges[len(blocks):]):
             ci, qi = _expand(lo, cnt, qidx)
-            lref, tr, fr, sr = unpack_postings(s.postings[ci])
-            cands.append((qi, gnum[lref], tr, fr, sr))
+            post = s.postings[ci]
+            rows, df, ls = _cuts(fp, qi, *unpack_pitch_span(post), p)
+            lref, tr = unpack_ref_time(post[rows])
+            cands.append((qi[rows], gnum[lref], tr, df, ls))
         cands = [c for c in cands if c[0].size]
         if not cands:
             return []
-        qi, ref, tr, fr, sr = cands[0] if len(cands) == 1 else (np.concatenate(x) for x in zip(*cands))
+        qi, ref, tr, df, ls = cands[0] if len(cands) == 1 else (np.concatenate(x) for x in zip(*cands))
         live = alive[ref]
         if not live.all():
-            qi, ref, tr, fr, sr = qi[live], ref[live], tr[live], fr[live], sr[live]
-        rows, df, ls = _cuts(fp, qi, fr, sr, p)
-        if rows.size < (p.min_votes or max(3, p.min_matches // 4)):
+            qi, ref, tr, df, ls = qi[live], ref[live], tr[live], df[live], ls[live]
+        if qi.size < (p.min_votes or max(3, p.min_matches // 4)):
             return []
-        chosen = self._candidates(ref[rows], fp.t[qi[rows]], tr[rows], df, ls, alive.size, p)
+        chosen = self._candidates(ref, fp.t[qi], tr, df, ls, alive.size, p)
         if not chosen:
             return []
         # Stage 2: every hit of each candidate, from its own entries. A stored entry is a hit of a
@@ -520,7 +527,12 @@ class FingerprintIndex:
         # on, the span and pitch-band fields checked against the triplet's ranges.
         rlo, rhi = probe_ranges(fp, p.probes, **edits)
         pkeys, pq = partial_probes(rlo, rhi)
+        # the distinct partial keys and where each one's run starts in pkeys: one search per entry
+        pfirst = np.flatnonzero(np.diff(pkeys)) + 1 if pkeys.size else np.zeros(0, np.int64)
+        pstart = np.concatenate([[0], pfirst, [pkeys.size]]).astype(np.int64)
+        pu = pkeys[pstart[:-1]] if pkeys.size else pkeys
         qkey_all = hash_keys(fp)
+        qbits = max(int(fp.t.size).bit_length(), 1)
         found = []
         for num in chosen:
             if num in fwd:
@@ -530,9 +542,12 @@ class FingerprintIndex:
                 if si < 0 or si >= len(segs):
                     continue
                 fk, ft, ff, fs = segs[si][0].forward(int(local[num]))
+            if not pu.size:
+                continue
             part, span_b, band_b = key_fields_tail(fk)
-            lo = np.searchsorted(pkeys, part, side="left")
-            cnt = np.searchsorted(pkeys, part, side="right") - lo
+            pos = np.minimum(np.searchsorted(pu, part), pu.size - 1)
+            lo = pstart[pos]
+            cnt = np.where(pu[pos] == part, pstart[pos + 1] - lo, 0)
             pi, ej = _expand(lo, cnt, np.arange(fk.size))
             qi2 = pq[pi]
             ok = ((span_b[ej] >= rlo[3, qi2]) & (span_b[ej] <= rhi[3, qi2])
@@ -544,7 +559,11 @@ class FingerprintIndex:
             qi2, ej = qi2[rows2], ej[rows2]
             # in the order a lookup of every probe key gives (key, query triplet, entry): where one
             # triplet agrees with two entries, align keeps the first
-            order = np.lexsort((ej, qi2, fk[ej]))
+            ebits = max(int(fk.size).bit_length(), 1)
+            if KEY_BITS + qbits + ebits <= 63:  # (key, triplet, entry) is unique: one packed sort
+                order = np.argsort((fk[ej].astype(np.int64) << (qbits + ebits)) | (qi2 << ebits) | ej)
+            else:
+                order = np.lexsort((ej, qi2, fk[ej]))
             qi2, ej, df2 = qi2[order], ej[order], df2[order]
             got = align(fp.t[qi2], ft[ej], df2, fp.span[qi2], fs[ej], qi2, qkey_all[qi2], fp, p)
             if got is not None:
@@ -561,27 +580,62 @@ class FingerprintIndex:
         window's start maps to under the hit's coarse time scale), so a 4% scale bin drifts at
         most ~1 s inside a cell however long the query is.
         """
+        floor = p.min_votes or max(3, p.min_matches // 4)
+        # A cell's votes are hits of one reference, at one rounded pitch shift, in one 20 s window
+        # of the query, one vote per hit: only groups of at least `floor` such hits can hold a
+        # candidate cell. Most hits are chance, spread thinly over every reference, so the vote
+        # below runs on the hits of those groups only: the same cells with the same counts, in
+        # the same order, as a vote of every hit, at a fraction of the cost.
+        pitch = np.round(df).astype(np.int64)
+        win = np.floor(tq / np.float32(WINDOW)).astype(np.int64)
+        pitch -= pitch.min()
+        group = (ref.astype(np.int64) - int(ref.min())) * (int(pitch.max()) + 1) + pitch
+        for by_window in (False, True):
+            if by_window:  # the surviving groups split by window (their numbers made dense first)
+                seen = np.zeros(int(group.max()) + 1, np.int64)
+                seen[group] = 1
+                group = (np.cumsum(seen) - 1)[group] * (int(win.max()) - int(win.min()) + 1) + (win - win.min())
+            keep = np.flatnonzero(_group_sizes(group) >= floor)
+            if not keep.size:
+                return []
+            if keep.size < ref.size:
+                ref, tq, tr, ls, pitch, win, group = (v[keep] for v in (ref, tq, tr, ls, pitch, win, group))
         # Each hit votes in the two scale bins nearest its own (noisy) scale, so an edit whose scale
         # sits on a bin edge (x0.8 slowed is ln 1.25 = 5.58 bins) is not split between two cells.
         x = ls / np.float32(SCALE_BIN)
         lo_bin = np.floor(x).astype(np.int64)
-        ref, tq, tr, df = (np.concatenate([v, v]) for v in (ref, tq, tr, df))
+        # The groups left, numbered densely in (reference, pitch, window) order, and each one's reference.
+        seen = np.zeros(int(group.max()) + 1, np.int64)
+        seen[group] = 1
+        rank = np.cumsum(seen) - 1
+        group = rank[group]
+        # A hit votes in scale bins lo and lo + 1, which also get the votes of the group's hits
+        # whose own lo is lo - 1 and lo + 1: the hits whose two cells cannot reach `floor` go too.
+        width = int(lo_bin.max()) - int(lo_bin.min()) + 3
+        gk = group * width + (lo_bin - lo_bin.min() + 1)
+        if int(gk.max()) < max(4 * gk.size, 1 << 22):
+            c = np.bincount(gk, minlength=int(gk.max()) + 2)
+            keep = np.flatnonzero(np.maximum(c[gk - 1], c[gk + 1]) + c[gk] >= floor)
+            if not keep.size:
+                return []
+            if keep.size < ref.size:
+                ref, tq, tr, win, group, lo_bin = (v[keep] for v in (ref, tq, tr, win, group, lo_bin))
+        gref = np.zeros(int(group.max()) + 1, ref.dtype)
+        gref[group] = ref
+        group, tq, tr, win = (np.concatenate([v, v]) for v in (group, tq, tr, win))
         kbin = np.concatenate([lo_bin, lo_bin + 1])
-        pitch = np.round(df).astype(np.int64)
-        win = np.floor(tq / np.float32(WINDOW)).astype(np.int64)
         local = tr - (tq - win * np.float32(WINDOW)) * np.exp(-kbin * np.float32(SCALE_BIN)).astype(np.float32)
         off = np.floor(local / np.float32(2.0)).astype(np.int64)
-        cell = np.zeros(ref.size, np.int64)
-        radix = 1  # of every digit after the reference's
-        for v in (pitch, kbin, win, off):  # a mixed-radix cell number over the values present
+        # A cell number over (group, scale bin, offset), with the reference its most significant
+        # part: among cells of equal count, a lower reference comes first, as it always did.
+        cell = group
+        radix = 1  # of every digit after the group's
+        for v in (kbin, off):
             v = v - v.min()
             width = int(v.max()) + 1
             cell = cell * width + v
             radix *= width
-        r0 = int(ref.min())
-        cell += (ref.astype(np.int64) - r0) * radix
-        floor = p.min_votes or max(3, p.min_matches // 4)
-        if int(cell.max()) < max(4 * ref.size, 1 << 22):  # dense: count without sorting the hits
+        if int(cell.max()) < max(4 * cell.size, 1 << 22):  # dense: count without sorting the hits
             counts = np.bincount(cell)
             cells = np.flatnonzero(counts >= floor)
             counts = counts[cells]
@@ -589,11 +643,19 @@ class FingerprintIndex:
             cells, counts = np.unique(cell, return_counts=True)
             strong = counts >= floor
             cells, counts = cells[strong], counts[strong]
-        cref = cells // radix + r0
+        cref = gref[cells // radix].astype(np.int64)
         order = np.argsort(-counts, kind="stable")
         ranked = cref[order]
         _, first = np.unique(ranked, return_index=True)
         return [int(r) for r in ranked[np.sort(first)[:p.candidates]]]
+
+
+def _group_sizes(group: np.ndarray) -> np.ndarray:
+    """The number of elements of `group` (int64, >= 0) equal to each element."""
+    if int(group.max()) < max(4 * group.size, 1 << 22):
+        return np.bincount(group)[group]
+    _, inv, n = np.unique(group, return_inverse=True, return_counts=True)
+    return n[inv]
 
 
 def _block_ranges(b: _Block, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ merging ever holds a whole catalogue in memory.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -66,6 +67,22 @@ def unpack_postings(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return ref, t, f, s
 
 
+_SPANS = np.exp2(np.arange(1 << _S_BITS).astype(np.float32) * np.float32(_S_STEP)) * np.float32(_S_REF)
+
+
+def unpack_pitch_span(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(f float32, span float32) of postings, as `unpack_postings` gives them (the span from a table)."""
+    f = ((p >> np.uint64(_S_BITS)) & np.uint64((1 << _F_BITS) - 1)).astype(np.float32) * np.float32(_F_STEP)
+    return f, _SPANS[(p & np.uint64((1 << _S_BITS) - 1)).astype(np.intp)]
+
+
+def unpack_ref_time(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local ref int64, t float32) of postings, as `unpack_postings` gives them."""
+    ref = (p >> np.uint64(_T_BITS + _F_BITS + _S_BITS)).astype(np.int64)
+    t = ((p >> np.uint64(_F_BITS + _S_BITS)) & np.uint64((1 << _T_BITS) - 1)).astype(np.float32) * np.float32(_T_TICK)
+    return ref, t
+
+
 def posting_refs(p: np.ndarray) -> np.ndarray:
     return (p >> np.uint64(_T_BITS + _F_BITS + _S_BITS)).astype(np.int64)
 
@@ -86,6 +103,10 @@ class Segment:
         self.postings = load("postings")
         self.fkeys, self.ft, self.ff, self.fspan = load("fkeys"), load("ft"), load("ff"), load("fspan")
         self.fstart = np.asarray(load("fstart"), np.int64)
+        # Lookups read a few bytes here and there: without this, every page fault reads ahead
+        # (read_ahead_kb: 128 KB to 8 MB), which under a memory limit evicts the pages in use.
+        for a in (self.offsets, self.postings, self.fkeys, self.ft, self.ff, self.fspan):
+            _advise(a, mmap.MADV_RANDOM)
 
     @property
     def size(self) -> int:
@@ -101,8 +122,27 @@ class Segment:
 
     def forward(self, local: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         a, b = int(self.fstart[local]), int(self.fstart[local + 1])
+        for arr in (self.fkeys, self.ft, self.ff, self.fspan):  # one read of each run, not a fault per page
+            _advise(arr, mmap.MADV_WILLNEED, a, b)
         return (np.asarray(self.fkeys[a:b]), np.asarray(self.ft[a:b]), np.asarray(self.ff[a:b], np.float32),
                 np.asarray(self.fspan[a:b], np.float32))
+
+
+def _advise(arr: np.ndarray, advice: int | None, a: int = 0, b: int | None = None) -> None:
+    """madvise(2) the pages of `arr[a:b]` (a memory-mapped array; anything else is left alone)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or advice is None or not hasattr(mm, "madvise") or not arr.size:
+        return
+    b = arr.shape[0] if b is None else b
+    if b <= a:
+        return
+    item = arr.itemsize * (int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
+    start = arr.offset % mmap.ALLOCATIONGRANULARITY + a * item  # the array's first byte within the map
+    first = start - start % mmap.PAGESIZE
+    try:
+        mm.madvise(advice, first, start + (b - a) * item - first)
+    except (OSError, ValueError):  # advice only
+        pass
 
 
 def _new_dir(root: Path) -> tuple[Path, Path]:
@@ -157,6 +197,11 @@ def merge(root: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], 
     segment i), streamed one range of keys at a time: memory stays a few MB whatever the size."""
     tmp, final = _new_dir(root)
     tmp.mkdir()
+    # Read through maps of its own, front to back: read-ahead on (the served maps are advised random).
+    segments = [Segment(s.path) for s in segments]
+    for seg in segments:
+        for a in (seg.offsets, seg.postings, seg.fkeys, seg.ft, seg.ff, seg.fspan):
+            _advise(a, mmap.MADV_SEQUENTIAL)
     remaps, refs, flen = [], [], []
     base = 0
     for seg, live in zip(segments, alive):
