@@ -173,6 +173,7 @@ async def run_daemon(settings: Settings, *, task_status: TaskStatus[dict] = anyi
                 tg.start_soon(supervised, "scan_workers", workers.run)
             if engine.catalogue is not None:
                 tg.start_soon(supervised, "catalogue_watch", engine.catalogue.follow_imports)
+                tg.start_soon(supervised, "catalogue_merge", engine.catalogue.keep_merged)
             server.metrics.registry.register(ReviewCollector(review))
             parts = {"server": server, "workers": workers, "store": store, "source": source, "engine": engine,
                      "review": review, "role": role, "lock": lock}

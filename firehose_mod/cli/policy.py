@@ -15,6 +15,7 @@ from firehose_mod.ops import explain as explaining
 from firehose_mod.ops.rescan import RescanReport
 from firehose_mod.ops.rescan import rescan as run_rescan
 from firehose_mod.scan import copyright as cr
+from firehose_mod.scan.catalogue import index_dir, index_summary
 from firehose_mod.scan.cover import BlocklistError
 from firehose_mod.scan.fingerprint import FingerprintIndex
 from firehose_mod.scan.policy import PolicyError
@@ -144,7 +145,14 @@ async def catalogue(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             case "stats":
                 stats = await store.stats()
-                _out(json.dumps(stats) if args.json else "  ".join(f"{k} {v}" for k, v in stats.items()))
+                index = index_summary(index_dir(settings.db_path))
+                if args.json:
+                    _out(json.dumps({**stats, "index": index}))
+                else:
+                    _out("  ".join(f"{k} {v}" for k, v in stats.items()))
+                    _out(f"index: {index['segments']} segments, {index['index_bytes'] / 2**30:.2f} GiB on disk"
+                         + (" (a merge is due: the running daemon merges them in the background)"
+                            if index["merge_pending"] else ""))
                 return 0
             case "remove":
                 removed = await cr.remove_reference(args.ref, store, FingerprintIndex())

@@ -10,14 +10,24 @@ segments in a directory next to the database (`<db>.fpindex/`, segment.py): star
 them (milliseconds) and checks each reference against the catalogue's live rows, then reads
 from SQLite only the references no segment holds yet (new imports, uploads since the last
 flush) into memory. Once those reach `SEGMENT_ENTRIES`, they are written out as a new
-segment; when there are more than `MAX_SEGMENTS`, the smallest are merged. A catalogue change
-never rebuilds the whole index.
+segment. A catalogue change never rebuilds the whole index.
+
+Segments are merged in the background (`Catalogue.keep_merged`, `plan_merge`), keeping their
+sizes geometric: every probe of a lookup reads an offset and a run of postings in each segment,
+so the pages a lookup touches grow with the number of segments (at 100,000 tracks, the same
+lookups touched 2.75 GB of page cache over 12 segments and 0.57 GB over one: bench/FINGERPRINT.md).
+A merge streams, lookups go on meanwhile, a shutdown stops it without a trace, and it waits when
+the disk cannot hold the merged copy.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +40,8 @@ from firehose_mod.scan.base import IndexUpload
 from firehose_mod.scan.copyright import CopyrightScanner
 from firehose_mod.scan.fingerprint import FINGERPRINT_VERSION, Entries, FingerprintIndex
 from firehose_mod.scan.fingerprint.segment import (
+    MAX_REFS,
+    MergeStopped,
     RefInfo,
     Segment,
     list_segments,
@@ -42,7 +54,10 @@ from firehose_mod.store.db import close_shielded
 log = structlog.get_logger(__name__)
 
 SEGMENT_ENTRIES = 4_000_000  # entries held in memory before they go to a segment: ~500 three-minute tracks
-MAX_SEGMENTS = 16  # more than this, and the smallest are merged
+MAX_SEGMENTS = 16  # more than this, and the smallest are merged whatever their sizes
+MERGE_RATIO = 4  # smaller segments join a larger one once they hold a quarter of its entries
+MERGE_INTERVAL = 60.0  # seconds between the background merger's looks at the segments
+MERGE_DISK_MARGIN = 1 << 30  # free disk left over once a merged copy is written
 LOAD_CHUNK = 1000  # references read from SQLite at a time
 BULK_ENTRIES = 64_000_000  # at a first start, what no segment holds goes to segments this large (~2.5 GB to build)
 
@@ -130,8 +145,8 @@ async def load_segmented(store: CatalogueStore, index: FingerprintIndex, files: 
             lambda: index.add_many(((r.name, Entries(k, t, f, sp)) for r, k, t, f, sp in bulk),
                                    info=[(r.row_id, r.added) for r, *_ in bulk]))
 
-    if files.writable:
-        await anyio.to_thread.run_sync(maintain, index, files)
+    if files.writable:  # merging is left to the background (`Catalogue.keep_merged`): start-up stays short
+        await anyio.to_thread.run_sync(lambda: maintain(index, files, merge=False))
     await anyio.to_thread.run_sync(index.compact)
     if stale:
         log.warning("catalogue.stale_refs", refs=len(stale), version=FINGERPRINT_VERSION,
@@ -140,25 +155,115 @@ async def load_segmented(store: CatalogueStore, index: FingerprintIndex, files: 
             **index.stats()}
 
 
-def maintain(index: FingerprintIndex, files: IndexFiles, *, max_segments: int = MAX_SEGMENTS) -> None:
-    """Flush what is in memory once it is large, and merge the smallest segments when there are
-    too many (or one is mostly removed references). Blocking: run it in a thread."""
+def index_summary(root: Path) -> dict:
+    """The on-disk index as `catalogue stats` shows it: finished segments (newest last), their
+    entries, bytes on disk, and whether the background merger has work to do (references
+    removed since a segment was written are not known here: counted as live)."""
+    segs = []
+    if root.is_dir():
+        for p in sorted((p for p in root.iterdir() if p.name.startswith("seg-") and (p / "refs.json").exists()),
+                        key=lambda p: (p / "refs.json").stat().st_mtime_ns):
+            meta = json.loads((p / "refs.json").read_text())
+            segs.append((int(meta.get("entries", 0)), len(meta["refs"]),
+                         sum(f.stat().st_size for f in p.iterdir())))
+    return {"segments": len(segs), "segment_entries": [e for e, _, _ in segs],
+            "index_bytes": sum(b for _, _, b in segs),
+            "merge_pending": bool(plan_merge([(e, r, 1.0) for e, r, _ in segs]))}
+
+
+def plan_merge(segs: list[tuple[int, int, float]], *, ratio: float = MERGE_RATIO,
+               max_segments: int = MAX_SEGMENTS, max_refs: int = MAX_REFS) -> list[int]:
+    """The segments to merge next, as indexes into `segs` ((entries, references, live fraction)
+    of each); [] when the segments are as they should be.
+
+    A group starts at a segment and takes the next larger one while it holds at most `ratio`
+    times the live entries the group already holds; the first group (from the smallest) with two
+    segments or more is merged, with every segment smaller than where it starts. So the bulk
+    segments of a first start (equal sizes and a remainder) become one; an upload's small segment
+    is merged with the other small ones, and into a large one only once they add up to a
+    `ratio`-th of it. Sizes stay geometric: about
+    log_(ratio+1)(catalogue / segment) segments (4-5 at 100,000 tracks), each entry rewritten
+    about 10 times over a catalogue's life at `ratio` 4 (simulated: 1,600 flushes, 5 segments at most).
+    Past `max_segments` the smallest are merged whatever their sizes; a segment mostly of
+    removed or replaced references is rewritten alone. A group never holds more than `max_refs`
+    references (what a segment can number)."""
+    live = [(e * f, int(round(r * f))) for e, r, f in segs]
+    order = sorted(range(len(segs)), key=lambda i: live[i][0])
+    for first in range(len(order)):
+        # a group from here up; the smaller ones below it come along (they cost little)
+        end, entries = first + 1, live[order[first]][0]
+        while end < len(order) and live[order[end]][0] <= ratio * entries:
+            entries += live[order[end]][0]
+            end += 1
+        if end - first >= 2:
+            group, refs = [], 0
+            for i in order[:end]:
+                if refs + live[i][1] > max_refs:
+                    break
+                group.append(i)
+                refs += live[i][1]
+            if len(group) >= 2:
+                return group
+    if len(segs) > max_segments:
+        group, refs = [], 0
+        for i in order[:len(segs) - max_segments // 2 + 1]:
+            if refs + live[i][1] > max_refs:
+                break
+            group.append(i)
+            refs += live[i][1]
+        if len(group) >= 2:
+            return group
+    return [i for i in order if segs[i][2] < 0.5 and segs[i][1]][:1]
+
+
+def maintain(index: FingerprintIndex, files: IndexFiles, *, max_segments: int = MAX_SEGMENTS,
+             ratio: float = MERGE_RATIO, merge: bool = True, stop: threading.Event | None = None) -> int:
+    """Flush what is in memory once it is large, then (with `merge`) merge segments as
+    `plan_merge` says until it has nothing left to do; returns how many merges ran.
+
+    Blocking: run it in a thread. `stop` (set by a shutdown) ends a merge between two chunks
+    and leaves the segments as they were. A merge the disk cannot hold is skipped with a
+    warning and tried again at the next call."""
     if not files.writable:
-        return
+        return 0
     if index.memory_entries() >= SEGMENT_ENTRIES:
         index.flush(files.root, FINGERPRINT_VERSION)
-    segs = index.segments()
-    sizes = [(s.size, s, m) for s, m in segs]
-    sizes.sort(key=lambda x: x[0])
-    pick = []
-    if len(sizes) > max_segments:
-        pick = [s for _, s, _ in sizes[:len(sizes) - max_segments // 2 + 1]]
-    else:
-        # a segment whose references are mostly removed or replaced is rewritten alone
-        pick = [s for _, s, m in sizes if m.size and m.mean() < 0.5][:1]
-    if pick:
-        index.merge_segments(files.root, FINGERPRINT_VERSION, pick)
-        remove_segments(s.path for s in pick)
+    merged = 0
+    while merge and not (stop is not None and stop.is_set()):
+        segs = index.segments()
+        pick = plan_merge([(s.size, len(s.refs), float(m.mean()) if m.size else 1.0) for s, m in segs],
+                          ratio=ratio, max_segments=max_segments)
+        if not pick:
+            break
+        chosen = [segs[i][0] for i in pick]
+        need = int(sum(segs[i][0].disk_bytes() * (segs[i][1].mean() if segs[i][1].size else 1.0) for i in pick))
+        free = shutil.disk_usage(files.root).free
+        if free < need + MERGE_DISK_MARGIN:
+            log.warning("catalogue.merge_waits_for_disk", segments=len(pick), need_bytes=need, free_bytes=free,
+                        index_dir=str(files.root),
+                        fix=f"free {(need + MERGE_DISK_MARGIN - free) / 2**30:.1f} GiB on the disk of {files.root}: "
+                            "lookups go on over more segments (slower, more memory) until then")
+            break
+        entries = sum(s.size for s in chosen)
+        log.info("catalogue.merge_started", segments=len(pick), entries=entries, bytes=need)
+        t0, c0, shown = time.monotonic(), time.thread_time(), [0.0]
+
+        def progress(fraction: float, t0: float = t0, shown: list = shown) -> None:
+            if fraction >= 1.0 or (fraction - shown[0] >= 0.1 and time.monotonic() - t0 > 5):
+                shown[0] = fraction
+                log.info("catalogue.merge_progress", percent=round(100 * fraction), seconds=round(time.monotonic() - t0, 1))
+
+        try:
+            index.merge_segments(files.root, FINGERPRINT_VERSION, chosen,
+                                 stop=stop.is_set if stop is not None else None, progress=progress)
+        except MergeStopped:
+            log.info("catalogue.merge_stopped", segments=len(pick), seconds=round(time.monotonic() - t0, 1))
+            break
+        remove_segments(s.path for s in chosen)
+        merged += 1
+        log.info("catalogue.merged", segments=len(pick), entries=entries, wall_s=round(time.monotonic() - t0, 1),
+                 cpu_s=round(time.thread_time() - c0, 1), now=len(index.segments()))
+    return merged
 
 
 class Catalogue:
@@ -184,17 +289,48 @@ class Catalogue:
         await anyio.to_thread.run_sync(lambda: index.add(upload.uri, Entries.from_bytes(upload.entries),
                                                          row_id=ident[0], added=ident[1]))
         if self.files.writable and index.memory_entries() >= SEGMENT_ENTRIES and not self._maintaining.locked():
+            async with self._maintaining:  # the flush only: `keep_merged` merges (it holds the lock meanwhile)
+                await anyio.to_thread.run_sync(lambda: maintain(index, self.files, merge=False))
+
+    async def keep_merged(self, interval: float = MERGE_INTERVAL) -> None:
+        """Merge the index's segments as `plan_merge` says, at once and then every `interval`
+        seconds, in a thread while lookups go on. Runs until cancelled; a cancel stops a merge in
+        flight between two chunks (about a second) and leaves the segments as they were. Only the
+        process that holds the index directory merges; the others map what it writes."""
+        if not self.files.writable:
+            return
+        while True:
             async with self._maintaining:
-                await anyio.to_thread.run_sync(maintain, index, self.files)
+                await self._merge_now()
+            await anyio.sleep(interval)
+
+    async def _merge_now(self) -> int:
+        index, stop, finished = self.index, threading.Event(), threading.Event()
+
+        def work() -> int:
+            try:
+                return maintain(index, self.files, stop=stop)
+            finally:
+                finished.set()
+
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        finally:
+            stop.set()
+            if not finished.is_set():  # cancelled: wait (shielded) for the merge to notice and clean up
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(finished.wait, 30.0)
 
     async def follow_imports(self, interval: float = 30.0) -> None:
         """Reload the index when an operator imports or removes references from another process
         (`firehose-mod catalogue add/remove` while the daemon runs). Runs until cancelled. The
-        reload maps the segments again and reads from SQLite only what they do not hold."""
-        seen = await self.store.reference_signature()
+        reload maps the segments again and reads from SQLite only what they do not hold. A process
+        that only maps the index directory also reloads when the writer merged its segments (the
+        old maps would keep the deleted files' disk space and pages)."""
+        seen = await self._signature()
         while True:
             await anyio.sleep(interval)
-            now = await self.store.reference_signature()
+            now = await self._signature()
             if now != seen:
                 async with self._maintaining:
                     fresh = FingerprintIndex()
@@ -202,6 +338,12 @@ class Catalogue:
                     self.index = self.scanner.index = fresh  # swapped whole: a scan in flight ends on the old one
                 seen = now
                 log.info("catalogue.reloaded", **loaded)
+
+    async def _signature(self) -> tuple:
+        refs = await self.store.reference_signature()
+        if self.files.writable or self.files.root is None or not self.files.root.is_dir():
+            return (refs,)
+        return (refs, tuple(sorted(p.name for p in self.files.root.iterdir() if p.name.startswith("seg-"))))
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ and "slowed", tempo-only and pitch-only changes) in one pass, in two stages:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -358,16 +358,19 @@ class FingerprintIndex:
         with self._lock:
             return [(s, self._alive[g] & (self._seg_of[g] == i)) for i, (s, g) in enumerate(self._segments)]
 
-    def merge_segments(self, root: Path, version: str, which: list[Segment] | None = None) -> Path | None:
+    def merge_segments(self, root: Path, version: str, which: list[Segment] | None = None, *,
+                       stop: Callable[[], bool] | None = None,
+                       progress: Callable[[float], None] | None = None) -> Path | None:
         """Merge `which` (default: every attached segment) into one new segment under `root`,
         dropping removed and replaced references, and serve it instead. Lookups go on meanwhile;
-        the caller deletes the old segments' directories afterwards (open maps stay valid)."""
+        the caller deletes the old segments' directories afterwards (open maps stay valid).
+        `stop` and `progress` as in `segment.merge` (a stopped merge changes nothing)."""
         with self._lock:
             picked = [(i, s, g) for i, (s, g) in enumerate(self._segments) if which is None or s in which]
             masks = [self._alive[g] & (self._seg_of[g] == i) for i, s, g in picked]
         if len(picked) < 1:
             return None
-        path = merge(root, [s for _, s, _ in picked], masks, version)
+        path = merge(root, [s for _, s, _ in picked], masks, version, stop=stop, progress=progress)
         new = Segment(path)
         with self._lock:
             olds = {i for i, _, _ in picked}

@@ -26,7 +26,7 @@ import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,12 +191,31 @@ def write_segment(root: Path, items: Sequence[tuple[RefInfo, np.ndarray, np.ndar
     return _finish(tmp, final, [r for r, *_ in items], version, n)
 
 
+class MergeStopped(Exception):
+    """A merge was asked to stop (the daemon is shutting down); nothing was written."""
+
+
 def merge(root: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], version: str,
-          key_chunk: int = 1 << 16) -> Path:
+          key_chunk: int = 1 << 16, *, stop: Callable[[], bool] | None = None,
+          progress: Callable[[float], None] | None = None) -> Path:
     """One segment holding the live references of `segments` (`alive[i]`: bool per local ref of
-    segment i), streamed one range of keys at a time: memory stays a few MB whatever the size."""
+    segment i), streamed one range of keys at a time: memory stays a few MB whatever the size.
+
+    `stop()` is polled between chunks: when it answers true the partial segment is deleted and
+    `MergeStopped` raised (a merge of 100,000 tracks takes minutes; a shutdown must not wait for it).
+    `progress(fraction)` is called as the work advances. Any error leaves no partial segment."""
     tmp, final = _new_dir(root)
     tmp.mkdir()
+    try:
+        return _merge_into(tmp, final, segments, alive, version, key_chunk, stop or (lambda: False),
+                           progress or (lambda _f: None))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _merge_into(tmp: Path, final: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], version: str,
+                key_chunk: int, stop: Callable[[], bool], progress: Callable[[float], None]) -> Path:
     # Read through maps of its own, front to back: read-ahead on (the served maps are advised random).
     segments = [Segment(s.path) for s in segments]
     for seg in segments:
@@ -221,8 +240,14 @@ def merge(root: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], 
     outs = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=(n,))
             for name, dt in (("fkeys", np.uint32), ("ft", np.float32), ("ff", np.float16), ("fspan", np.float16))}
     pos = 0
+    done = 0
     for seg, live in zip(segments, alive):  # forward: live references' runs, in order
         for local in np.flatnonzero(np.asarray(live, bool)):
+            done += 1
+            if done % 1000 == 0:
+                if stop():
+                    raise MergeStopped
+                progress(0.4 * pos / max(n, 1))  # the forward copy is ~40% of the bytes written
             a, b = int(seg.fstart[local]), int(seg.fstart[local + 1])
             for name, src in (("fkeys", seg.fkeys), ("ft", seg.ft), ("ff", seg.ff), ("fspan", seg.fspan)):
                 outs[name][pos:pos + b - a] = src[a:b]
@@ -238,6 +263,9 @@ def merge(root: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], 
     shift = np.uint64(_T_BITS + _F_BITS + _S_BITS)
     low = np.uint64((1 << int(shift)) - 1)
     for k0 in range(0, KEY_SPACE, key_chunk):
+        if stop():
+            raise MergeStopped
+        progress(0.4 + 0.6 * k0 / KEY_SPACE)
         k1 = min(k0 + key_chunk, KEY_SPACE)
         parts, kparts = [], []
         for seg, remap in zip(segments, remaps):
@@ -264,6 +292,7 @@ def merge(root: Path, segments: Sequence[Segment], alive: Sequence[np.ndarray], 
     offsets.flush()
     post.flush()
     del offsets, post
+    progress(1.0)
     return _finish(tmp, final, refs, version, n)
 
 
