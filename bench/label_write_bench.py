@@ -9,6 +9,8 @@ Usage (see bench/LABEL_WRITES.md for the runs and what they found):
     python3 bench/label_write_bench.py skyware --to 100000 --step 10000
     python3 bench/label_write_bench.py import --n 1000000              # `firehose-mod import --from URL`
     python3 bench/label_write_bench.py build --to 1000000 --db DB      # a 1M-label log in plain SQL (~2 min)
+    python3 bench/label_write_bench.py build --to 1000000 --db DB --schema 17   # ... at an older schema version
+    python3 bench/label_write_bench.py readers --db DB --count 100     # the decision readers by subject, per call
     python3 bench/label_write_bench.py ab --version head=/tmp/head --version now=- --rounds 4 --to 30000 \
         --big-db head=M1-HEAD.db --big-db now=M1-NOW.db --big-labels 20000   # alternating A/B, CPU us a label
 
@@ -33,6 +35,10 @@ Every mode writes one JSON line per step to stdout and the whole run to <--work>
   230-byte CBOR, a `label_state` row and a decision per label (the bench's), every index filled
   in seq order as the real path fills them. The labels are not verifiable (it is only the size
   and the shape of the indexes that matter); `single --db` and `batched --resume` write real ones on top.
+  `--schema N` stops the schema at version N (e.g. 17, still with `decisions_uri`: HEAD's copy in an
+  A/B of migration 18; a copy for the code now is migrated by its first open, or `open_db` before).
+- `readers` times the decision readers by subject (`automatic_values`, `overruled`, `history`,
+  `uris_under` of the subject's account) on `--count` seeded random subjects of --db, per call.
 - `ab` runs `batched` in a fresh process per (version, size), versions alternating (ABBA...): each
   `--version NAME=PATH` puts PATH first on PYTHONPATH (e.g. `git archive HEAD firehose_mod | tar -x
   -C PATH`; `-` is this tree), writes `--to` labels into a fresh log, then (with `--big-db NAME=DB`,
@@ -252,7 +258,18 @@ def build(a: argparse.Namespace) -> list[dict]:
     async def migrate() -> None:
         await (await LabelLog.open(db, SigningKey.generate(), DID)).close()
 
-    anyio.run(migrate)
+    if a.schema:  # an older schema (e.g. 17: decisions_uri, for HEAD's copy in an A/B of migration 18)
+        from firehose_mod.store.db import _statements
+        from firehose_mod.store.migrations import MIGRATIONS
+
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            for script in MIGRATIONS[: a.schema]:
+                for statement in _statements(script):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {a.schema}")
+    else:
+        anyio.run(migrate)
     t0 = time.perf_counter()
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
@@ -281,6 +298,47 @@ def build(a: argparse.Namespace) -> list[dict]:
            "db_mb": round(db.stat().st_size / 1e6)}
     emit(row)
     return [row]
+
+
+async def readers(a: argparse.Namespace) -> list[dict]:
+    """CPU and wall per call of the decision readers by subject on --db (run under each version's
+    PYTHONPATH on its own copy): `--count` random labelled subjects (seeded: the same for every
+    version), `automatic_values`, `overruled`, `history`, and `uris_under` of each one's account
+    (40 uris at 1M). Read-only."""
+    import random
+    import sqlite3
+
+    from firehose_mod.store.decisions import DecisionStore
+
+    with sqlite3.connect(f"file:{a.db}?mode=ro", uri=True) as conn:
+        (head,) = conn.execute("SELECT max(seq) FROM labels").fetchone()
+        rnd = random.Random(19)
+        subjects = [conn.execute("SELECT uri FROM labels WHERE seq = ?", (rnd.randint(1, head),)).fetchone()[0]
+                    for _ in range(a.count or 100)]
+    store = await DecisionStore.open(Path(a.db), readonly=True)
+    rows = []
+    try:
+        calls = {
+            "automatic_values": lambda u: store.automatic_values(u),
+            "overruled": lambda u: store.overruled(u, None),
+            "history": lambda u: store.history(u),
+            "uris_under": lambda u: store.uris_under(u.rsplit("/", 2)[0] + "/"),
+        }
+        for name, call in calls.items():
+            for u in subjects:  # warm SQLite's page cache and the statement cache: the timed pass reads no file
+                await call(u)
+            t0, c0 = time.perf_counter(), cpu()
+            found = 0
+            for u in subjects:
+                found += len(await call(u))
+            row = {"mode": "readers", "reader": name, "calls": len(subjects), "rows": found,
+                   "wall_us": round((time.perf_counter() - t0) / len(subjects) * 1e6, 1),
+                   "cpu_us": round((cpu() - c0) / len(subjects) * 1e6, 1), "load1": round(os.getloadavg()[0], 1)}
+            emit(row)
+            rows.append(row)
+    finally:
+        await store.close()
+    return rows
 
 
 def ab(a: argparse.Namespace) -> list[dict]:
@@ -395,7 +453,7 @@ def import_run(a: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["batched", "single", "skyware", "import", "build", "ab"])
+    ap.add_argument("mode", choices=["batched", "single", "skyware", "import", "build", "ab", "readers"])
     ap.add_argument("--to", type=int, default=5_000_000, help="write labels until the log holds this many")
     ap.add_argument("--step", type=int, default=100_000, help="report the rate every this many labels")
     ap.add_argument("--batch", type=int, default=1000, help="labels per emit_many")
@@ -413,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4, help="ab: rounds, the versions' order reversed every other round")
     ap.add_argument("--big-db", action="append", default=[], help="ab: NAME=DB, a large log for version NAME")
     ap.add_argument("--big-labels", type=int, default=20_000, help="ab: labels written onto each --big-db a round")
+    ap.add_argument("--schema", type=int, default=0,
+                    help="build: stop at this schema version (e.g. 17, for a version before migration 18)")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--tag", default="", help="a name for this run in the results file")
     a = ap.parse_args(argv)
@@ -432,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = build(a)
     elif a.mode == "ab":
         rows = ab(a)
+    elif a.mode == "readers":
+        rows = anyio.run(readers, a)
     else:
         rows = anyio.run(batched if a.mode == "batched" else single, a)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -202,7 +202,7 @@ class Store:
             return cur.rowcount
 
     @asynccontextmanager
-    async def _reading(self, sql: str, params: tuple | list = ()) -> AsyncIterator[aiosqlite.Cursor]:
+    async def _reading(self, sql: str, params: tuple | list | dict = ()) -> AsyncIterator[aiosqlite.Cursor]:
         """A cursor over one read on the store's read connection (opened on first use)."""
         if self._reader is None:
             async with self._reader_lock:

@@ -9,6 +9,7 @@ the scanner versions. That is what `explain` reads, and what tells an automatic 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -21,7 +22,27 @@ from firehose_mod.store.review import (
     ITEM_COLUMNS, POLICY_ACTOR, ModerationEvent, ReviewItem, ReviewWriter, events_for_uri, item_from_row,
 )
 
-__all__ = ["DecisionRow", "DecisionStore", "DecisionWriter", "ReviewItem", "write_decisions"]
+__all__ = ["DecisionLabelMismatch", "DecisionRow", "DecisionStore", "DecisionWriter", "ReviewItem", "write_decisions"]
+
+
+def decision_ids(where: str) -> str:
+    """`WITH RECURSIVE chain(uri, seq) AS (...), ids(id) AS (...)`: the id of every decision on the
+    uris `where` selects (a condition on `uri`, with named parameters: it is used twice), without an
+    index of all decisions by uri (migration 18, issue 19). A decision with a label is found through
+    its label: label_state's rows for the uris (a primary-key range), each one's chain of earlier
+    labels through label_prev (a rowid search a link), then `decisions_by_label` (a probe a label);
+    the others through the partial index `decisions_unlabelled`. `d.uri = c.uri` keeps the answer
+    to the uri asked for even if a row broke the invariant `write_decisions` checks (a decision's
+    label is on its uri). CROSS JOIN keeps that order (the chain drives the probes)."""
+    return ("WITH RECURSIVE chain(uri, seq) AS ("
+            f"SELECT uri, seq FROM label_state WHERE {where}"
+            " UNION ALL SELECT c.uri, p.prev FROM chain c JOIN label_prev p ON p.seq = c.seq),"
+            " ids(id) AS (SELECT d.id FROM chain c CROSS JOIN decisions d ON d.label_seq = c.seq WHERE d.uri = c.uri"
+            f" UNION ALL SELECT id FROM decisions WHERE {where} AND label_seq IS NULL)")
+
+
+# The decisions of one uri, in id order: what `WHERE uri = ? ORDER BY id` over decisions_uri gave.
+_ON_URI = decision_ids("uri = :uri")
 
 
 @fast_frozen_init  # ~1 us to build instead of ~3 (one a label on the batched write path)
@@ -109,8 +130,8 @@ class DecisionStore(Store):
     async def automatic_values(self, uri: str) -> dict[str, str]:
         """For each value on `uri`, the origin of its latest label/negate decision (policy or human)."""
         async with self._reading(
-            "SELECT value, origin, action FROM decisions WHERE uri = ? AND action IN ('label', 'negate')"
-            " ORDER BY id", (uri,)
+            _ON_URI + " SELECT value, origin, action FROM decisions WHERE id IN ids AND action IN ('label', 'negate')"
+            " ORDER BY id", {"uri": uri}
         ) as cur:
             latest: dict[str, str] = {}
             for value, origin, action in await cur.fetchall():
@@ -121,15 +142,15 @@ class DecisionStore(Store):
         """Values whose latest label decision on `uri` is a negation a person (or an agent the
         policy let act) made for version `cid`: a scan of that same version must not undo it."""
         async with self._reading(
-            "SELECT value, origin, action, cid FROM decisions WHERE uri = ? AND action IN ('label', 'negate')"
-            " ORDER BY id", (uri,)
+            _ON_URI + " SELECT value, origin, action, cid FROM decisions WHERE id IN ids"
+            " AND action IN ('label', 'negate') ORDER BY id", {"uri": uri}
         ) as cur:
             latest = {value: (origin, action, c) for value, origin, action, c in await cur.fetchall()}
         return {v for v, (origin, action, c) in latest.items()
                 if action == "negate" and origin not in ("policy", "delete") and c == cid}
 
     async def history(self, uri: str) -> list[dict]:
-        async with self._reading("SELECT * FROM decisions WHERE uri = ? ORDER BY id", (uri,)) as cur:
+        async with self._reading(_ON_URI + " SELECT * FROM decisions WHERE id IN ids ORDER BY id", {"uri": uri}) as cur:
             cols = [c[0] for c in cur.description]
             rows = [dict(zip(cols, r)) for r in await cur.fetchall()]
         for r in rows:
@@ -178,11 +199,14 @@ class DecisionStore(Store):
     async def uris_under(self, prefix: str) -> dict[str, tuple[int, str]]:
         """{uri: (decisions, latest decision time)} for every uri starting with `prefix`.
 
-        A range scan of the decisions_uri index (no LIKE); explain lists an account's records with it.
+        Ranges (no LIKE) of label_state's key and of `decisions_unlabelled`, and the labels' chains
+        (`decision_ids`); explain lists an account's records with it.
         """
-        where, params = _prefix_range("uri", prefix)
+        upper = prefix_upper_bound(prefix)
+        where = "uri >= :lo" + (" AND uri < :hi" if upper is not None else "")
         async with self._reading(
-            f"SELECT uri, count(*), max(created) FROM decisions WHERE {where} GROUP BY uri ORDER BY uri", params
+            decision_ids(where) + " SELECT uri, count(*), max(created) FROM decisions WHERE id IN ids"
+            " GROUP BY uri ORDER BY uri", {"lo": prefix, "hi": upper}
         ) as cur:
             return {uri: (n, latest) for uri, n, latest in await cur.fetchall()}
 
@@ -241,18 +265,46 @@ class DecisionWriter:
         return await ReviewWriter(self._db).close_waiting(uri, resolution, actor, values)
 
 
+class DecisionLabelMismatch(ValueError):
+    """A decision whose label_seq names no label, or a label on another uri: readers find a
+    decision with a label through its label's uri (migration 18), so it would be lost."""
+
+
+_INSERT_SQL = ("INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
+               " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_CHECK_CHUNK = 500  # label seqs per lookup (under any SQLITE_MAX_VARIABLE_NUMBER)
+
+
+def _insert_sync(conn: sqlite3.Connection, values: list[tuple]) -> None:
+    """On aiosqlite's thread, in the caller's transaction: check every row's label (a rowid search
+    of `labels` each), then insert the rows; a mismatch raises before anything is inserted."""
+    seqs = list({v[9] for v in values if v[9] is not None})  # label_seq
+    if seqs:
+        found: dict[int, str] = {}
+        for i in range(0, len(seqs), _CHECK_CHUNK):
+            chunk = seqs[i : i + _CHECK_CHUNK]
+            found.update(conn.execute(
+                f"SELECT seq, uri FROM labels WHERE seq IN ({', '.join('?' * len(chunk))})", chunk).fetchall())
+        for v in values:
+            if v[9] is not None and found.get(v[9]) != v[0]:
+                where = f"is on {found[v[9]]}" if v[9] in found else "does not exist"
+                raise DecisionLabelMismatch(f"a decision on {v[0]} names label {v[9]}, which {where}:"
+                                            " a decision's label_seq must name a label on its own uri")
+    conn.executemany(_INSERT_SQL, values)
+
+
 async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
                           reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
     """The decision and review writes, inside a transaction the caller holds on `db`.
 
     The engine calls this inside the label log's own transaction, so a label and the decision
     that explains it are committed together or not at all. Returns the review items opened.
+    Raises DecisionLabelMismatch (nothing written) for a row whose label_seq is not a label on its uri.
     """
     opened = 0
-    if rows:  # one executemany, in order: a statement per row is a thread hop per row
-        await db.executemany(
-            "INSERT INTO decisions (uri, cid, action, value, origin, rule, policy_version, scanners, evidence,"
-            " label_seq, actor, reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", decision_rows(rows))
+    if rows:  # the check and one executemany in one call on the connection's thread (`_execute`, as label_log)
+        values = decision_rows(rows)
+        await db._execute(_insert_sync, db._conn, values)
     writer = ReviewWriter(db)
     for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
         opened += await writer.open_item(uri, cid, value, reason, findings, actor=POLICY_ACTOR) is not None

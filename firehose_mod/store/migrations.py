@@ -511,4 +511,17 @@ MIGRATIONS: list[str] = [
         ) WHERE prev IS NOT NULL ORDER BY seq;
     DROP INDEX IF EXISTS labels_uri;
     """,
+    # 18: decisions by subject without an index of every decision by uri (issue 19). `decisions_uri`
+    # took a random leaf of a large B-tree per label written with its decision (~23 us of the ~100 us
+    # a label cost on a 1.2M-label log: bench/LABEL_WRITES.md). A decision with a label is found
+    # through its label (label_state and label_prev, as a label's history is, then
+    # `decisions_by_label`: label seqs rise with ids, so it grows at its right edge); the others
+    # (reviews, clean scans, label decisions that wrote no label, notes) through the partial
+    # `decisions_unlabelled`. It needs a decision's label_seq to name a label on the same uri, which
+    # `write_decisions` checks.
+    """
+    CREATE INDEX decisions_unlabelled ON decisions(uri, id) WHERE label_seq IS NULL;
+    CREATE INDEX decisions_by_label ON decisions(label_seq) WHERE label_seq IS NOT NULL;
+    DROP INDEX IF EXISTS decisions_uri;
+    """,
 ]

@@ -72,12 +72,13 @@ class PlyrStore(Store):
         after = state.get("mirrored_to", state.get("mirror_floor", 0))
         total = 0
         while True:
-            # Who wrote the label (the decision behind it) names the event's actor and notes.
+            # Who wrote the label (the decision behind it) names the event's actor and notes: a probe
+            # of decisions_by_label on the label's seq (migration 18), d.uri = l.uri kept as a filter.
             async with db.execute(
                 "SELECT l.seq, l.src, l.uri, l.val, l.neg, l.cts,"
-                " (SELECT coalesce(d.actor, d.origin) FROM decisions d WHERE d.uri = l.uri AND d.label_seq = l.seq"
+                " (SELECT coalesce(d.actor, d.origin) FROM decisions d WHERE d.label_seq = l.seq AND d.uri = l.uri"
                 "  ORDER BY d.id LIMIT 1),"
-                " (SELECT coalesce(d.reason, d.rule) FROM decisions d WHERE d.uri = l.uri AND d.label_seq = l.seq"
+                " (SELECT coalesce(d.reason, d.rule) FROM decisions d WHERE d.label_seq = l.seq AND d.uri = l.uri"
                 "  ORDER BY d.id LIMIT 1)"
                 " FROM labels l WHERE l.seq > ? ORDER BY l.seq LIMIT 500",
                 (after,),

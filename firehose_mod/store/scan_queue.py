@@ -19,6 +19,35 @@ from firehose_mod.labels.model import now_iso
 from firehose_mod.store.db import Store
 
 
+# The live tracks of :did whose latest policy decision (the highest id with origin 'policy') was on
+# their current version and found the media unavailable. Decisions have no index by uri (migration
+# 18, issue 19): a track's decisions with a label are found through its labels (label_state, the
+# label_prev chains, decisions_by_label), the others through decisions_unlabelled; the latest of
+# both per uri is what `SELECT max(id) FROM decisions WHERE uri = t.uri AND origin = 'policy'` gave.
+# The tracks are read in tracks_did order (did, uri), as before, so the jobs get their ids in that order.
+_UNAVAILABLE_RESCANS = (  # INSERT first: Python's sqlite3 gives a rowcount only to a statement that starts so
+    "INSERT INTO scan_jobs (uri, cid, operation, source, cursor, created)"
+    " WITH RECURSIVE live(uri) AS (SELECT uri FROM tracks WHERE did = :did AND deleted = 0"
+    "  AND record IS NOT NULL AND cid IS NOT NULL),"
+    " chain(uri, seq) AS (SELECT s.uri, s.seq FROM live t CROSS JOIN label_state s ON s.uri = t.uri"
+    "  UNION ALL SELECT c.uri, p.prev FROM chain c JOIN label_prev p ON p.seq = c.seq),"
+    " latest(uri, id) AS (SELECT uri, max(id) FROM ("
+    "  SELECT d.uri AS uri, d.id AS id FROM chain c CROSS JOIN decisions d ON d.label_seq = c.seq"
+    "   WHERE d.uri = c.uri AND d.origin = 'policy'"
+    "  UNION ALL SELECT d.uri, d.id FROM live t CROSS JOIN decisions d ON d.uri = t.uri AND d.label_seq IS NULL"
+    "   WHERE d.origin = 'policy') GROUP BY uri)"
+    " SELECT t.uri, t.cid, 'rescan', :source, :cursor, :now FROM tracks t"
+    " CROSS JOIN latest m ON m.uri = t.uri CROSS JOIN decisions d ON d.id = m.id"
+    " WHERE t.did = :did AND t.deleted = 0 AND t.record IS NOT NULL AND t.cid IS NOT NULL"
+    " AND d.cid = t.cid AND d.evidence LIKE '%\"media-unavailable\"%'"
+    " AND EXISTS (SELECT 1 FROM json_each(d.evidence) f"
+    "             WHERE json_extract(f.value, '$.kind') = 'media-unavailable')"
+    " ON CONFLICT (uri, cid, operation) DO UPDATE SET state = 'pending', attempts = 0, not_before = 0,"
+    " error = NULL, source = excluded.source, cursor = excluded.cursor"
+    " WHERE scan_jobs.state IN ('done', 'failed')"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ScanJob:
     id: int
@@ -61,19 +90,7 @@ class ScanQueue(Store):
         scanners report as `media-unavailable` for good: when the account is active again, those
         versions are scanned again. A rescan already pending or running is left alone.
         """
-        cur = await self._db.execute(
-            "INSERT INTO scan_jobs (uri, cid, operation, source, cursor, created)"
-            " SELECT t.uri, t.cid, 'rescan', ?, ?, ? FROM tracks t"
-            " JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE uri = t.uri AND origin = 'policy')"
-            " WHERE t.did = ? AND t.deleted = 0 AND t.record IS NOT NULL AND t.cid IS NOT NULL"
-            " AND d.cid = t.cid AND d.evidence LIKE '%\"media-unavailable\"%'"
-            " AND EXISTS (SELECT 1 FROM json_each(d.evidence) f"
-            "             WHERE json_extract(f.value, '$.kind') = 'media-unavailable')"
-            " ON CONFLICT (uri, cid, operation) DO UPDATE SET state = 'pending', attempts = 0, not_before = 0,"
-            " error = NULL, source = excluded.source, cursor = excluded.cursor"
-            " WHERE scan_jobs.state IN ('done', 'failed')",
-            (source, cursor, now, did),
-        )
+        cur = await self._db.execute(_UNAVAILABLE_RESCANS, {"source": source, "cursor": cursor, "now": now, "did": did})
         return cur.rowcount
 
     async def requeue_running(self, worker: str | None = None) -> int:
