@@ -195,25 +195,23 @@ def plan_merge(segs: list[tuple[int, int, float]], *, ratio: float = MERGE_RATIO
         while end < len(order) and live[order[end]][0] <= ratio * entries:
             entries += live[order[end]][0]
             end += 1
-        if end - first >= 2:
-            group, refs = [], 0
-            for i in order[:end]:
-                if refs + live[i][1] > max_refs:
-                    break
-                group.append(i)
-                refs += live[i][1]
-            if len(group) >= 2:
-                return group
-    if len(segs) > max_segments:
-        group, refs = [], 0
-        for i in order[:len(segs) - max_segments // 2 + 1]:
-            if refs + live[i][1] > max_refs:
-                break
-            group.append(i)
-            refs += live[i][1]
-        if len(group) >= 2:
+        if end - first >= 2 and len(group := _within(order[:end], live, max_refs)) >= 2:
             return group
+    if len(segs) > max_segments and len(group := _within(order[:len(segs) - max_segments // 2 + 1],
+                                                         live, max_refs)) >= 2:
+        return group
     return [i for i in order if segs[i][2] < 0.5 and segs[i][1]][:1]
+
+
+def _within(candidates: list[int], live: list[tuple[float, int]], max_refs: int) -> list[int]:
+    """The first of `candidates` (smallest first) whose references fit in one segment."""
+    group, refs = [], 0
+    for i in candidates:
+        if refs + live[i][1] > max_refs:
+            break
+        group.append(i)
+        refs += live[i][1]
+    return group
 
 
 def maintain(index: FingerprintIndex, files: IndexFiles, *, max_segments: int = MAX_SEGMENTS,
