@@ -206,3 +206,14 @@ async def test_a_cancelled_merger_stops_at_once_and_cleans_up(fps, tmp_path, mon
     assert not [p for p in files.root.iterdir() if p.name.endswith(".tmp")]
     assert len(list_segments(files.root)) == len(index.segments()) == len(SEEDS)
     files.close()
+
+
+def test_a_segment_deleted_while_a_reader_lists_it_is_skipped(fps, tmp_path):
+    files = cat.IndexFiles(tmp_path / "ix", writable=True)
+    index = _flushed(fps, files.root)
+    (first, _), (second, _) = index.segments()[:2]
+    (second.path / "postings.npy").unlink()  # the writer's rmtree caught halfway
+    assert cat._open_segment(first.path) is not None
+    assert cat._open_segment(second.path) is None
+    assert cat._open_segment(tmp_path / "ix" / "seg-gone") is None
+    files.close()

@@ -95,6 +95,17 @@ class IndexFiles:
             self._fd = None
 
 
+def _open_segment(path: Path) -> Segment | None:
+    """Map one segment; None if it went away meanwhile (the writer deletes what it merged: a
+    process that only maps the directory may list a segment a moment before it goes, and the
+    merged one that replaces it holds its references)."""
+    try:
+        return Segment(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        log.info("catalogue.segment_gone", path=str(path), error=str(exc))
+        return None
+
+
 async def load_segmented(store: CatalogueStore, index: FingerprintIndex, files: IndexFiles) -> dict[str, int]:
     """Fill `index` from the segments in `files` and, for what they do not hold, from SQLite."""
     live, stale = await store.live_refs(FINGERPRINT_VERSION)
@@ -102,7 +113,7 @@ async def load_segmented(store: CatalogueStore, index: FingerprintIndex, files: 
         sorted([p for p in files.root.iterdir() if p.is_dir() and p.name.startswith("seg-")
                 and (p / "refs.json").exists()], key=lambda p: (p / "refs.json").stat().st_mtime_ns)
         if files.root is not None and files.root.is_dir() else [])
-    segs = await anyio.to_thread.run_sync(lambda: [Segment(p) for p in paths])
+    segs = await anyio.to_thread.run_sync(lambda: [seg for p in paths if (seg := _open_segment(p)) is not None])
     covered: set[str] = set()
     useless = []
     for seg in reversed(segs):  # newest first: a reference in two segments is served from the newer
