@@ -65,6 +65,7 @@ async def test_a_low_bitrate_copy_of_a_catalogued_recording_is_labeled_with_its_
             tg.cancel_scope.cancel()
     assert [label.val for label in labels] == ["copyright-violation"] and own_labels == []
     assert "firehose_mod_fingerprint_index_refs 3.0" in metrics  # the reference and both uploads
+    assert "firehose_mod_fingerprint_index_segments 0.0" in metrics  # so few: still in memory, no segment yet
     (decision,) = [r for r in history if r["action"] == "label"]
     evidence = decision["evidence"][0]["evidence"]
     assert decision["rule"] == "catalogue-match"

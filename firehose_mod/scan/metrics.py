@@ -47,3 +47,9 @@ class ScanCollector:
                                     value=stats["refs"])
             yield GaugeMetricFamily("firehose_mod_fingerprint_index_bytes",
                                     "Bytes of the in-memory fingerprint index's arrays.", value=stats["bytes"])
+            # Each segment costs every lookup an offset read and a run of postings: the background
+            # merger keeps them few (scan/catalogue.py plan_merge); many and rising means it cannot.
+            yield GaugeMetricFamily("firehose_mod_fingerprint_index_segments",
+                                    "On-disk segments the fingerprint index is served from.", value=stats["segments"])
+            yield GaugeMetricFamily("firehose_mod_fingerprint_index_disk_bytes",
+                                    "Bytes of the fingerprint index's on-disk segments.", value=stats["disk_bytes"])
