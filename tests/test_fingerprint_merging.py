@@ -6,6 +6,7 @@ only maps the directory follows the writer's merges."""
 from __future__ import annotations
 
 import logging
+import shutil
 
 import anyio
 import pytest
@@ -174,6 +175,7 @@ async def test_the_daemon_merges_in_the_background_and_a_reader_follows(fps, tmp
                     await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
         assert len(writer.index.segments()) == 1
+        assert reader.index.stats()["disk_bytes"] == writer.index.stats()["disk_bytes"] > 0
         for c in (writer, reader):
             assert all(m == [f"s{s}"] for s, m in _matches(c.index, fps).items())
     finally:
@@ -216,4 +218,9 @@ def test_a_segment_deleted_while_a_reader_lists_it_is_skipped(fps, tmp_path):
     assert cat._open_segment(first.path) is not None
     assert cat._open_segment(second.path) is None
     assert cat._open_segment(tmp_path / "ix" / "seg-gone") is None
+    assert cat._listed(files.root) == [s.path for s, _ in index.segments()]  # oldest first
+    size = index.stats()["disk_bytes"]
+    shutil.rmtree(first.path)  # merged away by the writer, still mapped here
+    assert index.stats()["disk_bytes"] == size  # what /metrics reads does not fail
+    assert first.path not in cat._listed(files.root)
     files.close()

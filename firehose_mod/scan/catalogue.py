@@ -106,13 +106,24 @@ def _open_segment(path: Path) -> Segment | None:
         return None
 
 
+def _listed(root: Path | None) -> list[Path]:
+    """Finished segments under `root`, oldest first, for a process that only maps them: it
+    sweeps nothing, and a segment deleted while it looks is left out."""
+    found = []
+    if root is not None and root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith("seg-"):
+                try:
+                    found.append(((p / "refs.json").stat().st_mtime_ns, p))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+    return [p for _, p in sorted(found)]
+
+
 async def load_segmented(store: CatalogueStore, index: FingerprintIndex, files: IndexFiles) -> dict[str, int]:
     """Fill `index` from the segments in `files` and, for what they do not hold, from SQLite."""
     live, stale = await store.live_refs(FINGERPRINT_VERSION)
-    paths = list_segments(files.root) if files.root is not None and files.writable else (
-        sorted([p for p in files.root.iterdir() if p.is_dir() and p.name.startswith("seg-")
-                and (p / "refs.json").exists()], key=lambda p: (p / "refs.json").stat().st_mtime_ns)
-        if files.root is not None and files.root.is_dir() else [])
+    paths = list_segments(files.root) if files.root is not None and files.writable else _listed(files.root)
     segs = await anyio.to_thread.run_sync(lambda: [seg for p in paths if (seg := _open_segment(p)) is not None])
     covered: set[str] = set()
     useless = []

@@ -103,6 +103,7 @@ class Segment:
         self.postings = load("postings")
         self.fkeys, self.ft, self.ff, self.fspan = load("fkeys"), load("ft"), load("ff"), load("fspan")
         self.fstart = np.asarray(load("fstart"), np.int64)
+        self._disk_bytes = sum(p.stat().st_size for p in self.path.iterdir())
         # Lookups read a few bytes here and there: without this, every page fault reads ahead
         # (read_ahead_kb: 128 KB to 8 MB), which under a memory limit evicts the pages in use.
         for a in (self.offsets, self.postings, self.fkeys, self.ft, self.ff, self.fspan):
@@ -113,7 +114,8 @@ class Segment:
         return int(self.postings.shape[0])
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.iterdir())
+        """Bytes of its files, as mapped (still right once a merge has deleted the directory)."""
+        return self._disk_bytes
 
     def ranges(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(first posting, count) of each key."""
