@@ -42,6 +42,7 @@ from firehose_mod.server.metrics import ServerMetrics
 from firehose_mod.store import LabelLog
 from firehose_mod.store.db import close_shielded
 from firehose_mod.store.pg.label_log import server_of
+from firehose_mod.store.presence import DaemonPresence
 from firehose_mod.store.open import open_ingest_store, open_nonce_store, open_report_store, source_lock
 from firehose_mod.store.source_lock import PgSourceLock, SourceLock, SourceLockLost
 from firehose_mod.supervise import supervised
@@ -77,9 +78,12 @@ async def open_label_log(settings: Settings, *, daemon: bool = False) -> AsyncIt
         return
     label_log = await LabelLog.open(settings.db_path, key, settings.did, synchronous=settings.db_synchronous,
                                     busy_wait=None if daemon else settings.db_busy_wait)
+    presence = DaemonPresence(settings.db_path) if daemon else None  # commands pause for us (store/presence.py)
     try:
         yield label_log
     finally:
+        if presence is not None:
+            presence.release()
         await close_shielded(label_log)
 
 

@@ -74,7 +74,7 @@ log = structlog.get_logger(__name__)
 
 QUERY = "/xrpc/com.atproto.label.queryLabels"
 SUBSCRIBE = "/xrpc/com.atproto.label.subscribeLabels"
-APPLY_BATCH = 500
+APPLY_BATCH = 2000
 STREAM_PAGE = 500  # labels from the stream committed together
 MAX_LABELS_PER_PAGE = 10_000  # a queryLabels answer larger than this is refused
 MAX_KEY_LOOKUPS = 20  # DID documents fetched per run: a source naming more srcs leaves the rest unchecked
@@ -396,16 +396,60 @@ async def _query_page(ctx: _Ctx, base: str, cursor: str | None) -> dict:
     return await _retrying(ctx, f"reading {base}{QUERY} (cursor {cursor})", get)
 
 
+class _Prefetch:
+    """One queryLabels page read in the background: the next page is on its way while this one is
+    stored (the source answers on its own cores). Its error is raised by `result`, unwrapped."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup, ctx: _Ctx, base: str, cursor: str | None):
+        self._done = anyio.Event()
+        self._value: dict | None = None
+        self._error: BaseException | None = None
+        tg.start_soon(self._run, ctx, base, cursor)
+
+    async def _run(self, ctx: _Ctx, base: str, cursor: str | None) -> None:
+        try:
+            self._value = await _query_page(ctx, base, cursor)
+        except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the page
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> dict:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 async def _read_query(ctx: _Ctx, base: str) -> str | None:
-    """Page queryLabels from the saved cursor to the end; returns the last cursor the source gave."""
+    """Page queryLabels from the saved cursor to the end; returns the last cursor the source gave.
+    Each page is stored (with the cursor after it) in order; the next one is read meanwhile."""
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        try:
+            last = await _read_query_pages(ctx, base, tg)
+        except Exception as exc:  # raised below, outside the group (which would wrap it)
+            error = exc
+            tg.cancel_scope.cancel()  # a page still on its way
+    if error is not None:
+        raise error
+    return last
+
+
+async def _read_query_pages(ctx: _Ctx, base: str, tg: anyio.abc.TaskGroup) -> str | None:
     cursor = ctx.run.cursor
     report = ctx.report
+    coming = _Prefetch(tg, ctx, base, cursor)
     while True:
-        body = await _query_page(ctx, base, cursor)
+        body = await coming.result()
         nxt = body.get("cursor")
         nxt = str(nxt) if isinstance(nxt, (str, int)) and not isinstance(nxt, bool) and str(nxt) != "" else None
         if nxt is not None and len(nxt) > MAX_CURSOR:
             raise SourceError(f"{base}{QUERY} answered a cursor of {len(nxt)} characters")
+        last = nxt is None or not body["labels"] or nxt == cursor
+        if not last:
+            coming = _Prefetch(tg, ctx, base, nxt)  # on its way while this page is stored
         rows = await _rows(ctx, [(None, 0, i, d) for i, d in enumerate(body["labels"])])
         positions = len(body["labels"])
         # The cursor saved is the one after this page; on the last page (none given) the one that
@@ -417,7 +461,7 @@ async def _read_query(ctx: _Ctx, base: str) -> str | None:
         report.pages += 1
         if ctx.progress:
             ctx.progress(report)
-        if nxt is None or not body["labels"] or nxt == cursor:
+        if last:
             if nxt is not None and nxt == cursor and body["labels"]:
                 log.warning("import.cursor_stuck", cursor=cursor, hint="the source gave the same cursor again")
             ctx.last_page_rows = len(body["labels"])
@@ -647,43 +691,47 @@ async def _apply(ctx: _Ctx, label_log: LabelLog) -> None:
 
 async def _check_state(ctx: _Ctx, label_log: LabelLog) -> None:
     """Compare, per (uri, val), the source's last word (by cts, then source order) with what is in
-    force in our log now; and count where the source's own order (by seq) would say otherwise."""
+    force in our log now; and count where the source's own order (by seq) would say otherwise.
+    Subjects are checked a thousand at a time, with one read of what is in force on their uris."""
     report = ctx.report
     now = datetime.now(UTC)
-    in_force_cache: dict[str, set[str]] = {}
+    groups: list[list[ImportRow]] = []
     group: list[ImportRow] = []
 
-    async def close(rows: list[ImportRow]) -> None:
-        if not rows:
-            return
-        by_cts = max(rows, key=lambda r: (r.cts_key, r.pos, r.sub))
-        by_source = max(rows, key=lambda r: (r.pos, r.sub))
-        lab = by_cts.label
-        report.subjects += 1
-        if by_source.label.neg != lab.neg:
-            report.order_disagreements += 1
-            if len(report.disagreement_examples) < 10:
-                report.disagreement_examples.append({
-                    "uri": lab.uri, "val": lab.val, "by_cts": "negated" if lab.neg else "labelled",
-                    "by_source_order": "negated" if by_source.label.neg else "labelled"})
-        if lab.uri not in in_force_cache:
-            if len(in_force_cache) > 10_000:
-                in_force_cache.clear()
-            in_force_cache[lab.uri] = {x.val for x in await label_log.in_force(lab.uri)}
-        ours = lab.val in in_force_cache[lab.uri]
-        report.in_force += ours
-        theirs = lab.in_force_at(now)
-        if ours != theirs:
-            report.state_differs += 1
-            if len(report.state_examples) < 10:
-                report.state_examples.append({"uri": lab.uri, "val": lab.val, "source": theirs, "ours": ours})
+    async def check(groups: list[list[ImportRow]]) -> None:
+        in_force = await label_log.in_force_many(list(dict.fromkeys(rows[0].label.uri for rows in groups)))
+        ours_by_uri = {uri: {x.val for x in labels} for uri, labels in in_force.items()}
+        for rows in groups:
+            by_cts = max(rows, key=lambda r: (r.cts_key, r.pos, r.sub))
+            by_source = max(rows, key=lambda r: (r.pos, r.sub))
+            lab = by_cts.label
+            report.subjects += 1
+            if by_source.label.neg != lab.neg:
+                report.order_disagreements += 1
+                if len(report.disagreement_examples) < 10:
+                    report.disagreement_examples.append({
+                        "uri": lab.uri, "val": lab.val, "by_cts": "negated" if lab.neg else "labelled",
+                        "by_source_order": "negated" if by_source.label.neg else "labelled"})
+            ours = lab.val in ours_by_uri[lab.uri]
+            report.in_force += ours
+            theirs = lab.in_force_at(now)
+            if ours != theirs:
+                report.state_differs += 1
+                if len(report.state_examples) < 10:
+                    report.state_examples.append({"uri": lab.uri, "val": lab.val, "source": theirs, "ours": ours})
 
     async for row in ctx.store.by_subject(ctx.run.id):
         if group and (group[0].label.uri, group[0].label.val) != (row.label.uri, row.label.val):
-            await close(group)
+            groups.append(group)
             group = []
+            if len(groups) >= 1000:
+                await check(groups)
+                groups = []
         group.append(row)
-    await close(group)
+    if group:
+        groups.append(group)
+    if groups:
+        await check(groups)
     if report.order_disagreements:
         log.warning("import.order_disagreements", count=report.order_disagreements,
                     hint="these (uri, val) end differently by cts than by the source's own order (seq);"

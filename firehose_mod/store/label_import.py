@@ -109,17 +109,18 @@ class ImportStore(Store):
                         cursor: str | None, *, high_seq: int | None = None, positions: int = 0) -> int:
         """Store a page of (pos, sub, label, cts_key, verified) and the cursor after it, in one
         transaction; returns how many rows were new (a label read before is not stored again)."""
-        new = 0
         async with self._lock, self._transaction() as db:
-            for pos, sub, label, cts_key, verified in rows:
-                cur = await db.execute(
-                    "INSERT OR IGNORE INTO label_import_rows (import_id, ident, pos, sub, src, uri, cid, val, neg, cts,"
-                    " exp, ver, sig, cts_key, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, label_ident(label), pos, sub, label.src, label.uri, label.cid, label.val,
-                     int(label.neg), label.cts, label.exp, label.ver, label.sig, cts_key,
-                     None if verified is None else int(verified)),
-                )
-                new += cur.rowcount
+            # one executemany (a statement per row was a hop to the connection's thread per label);
+            # its rowcount is the rows inserted, i.e. those not stored before
+            cur = await db.executemany(
+                "INSERT OR IGNORE INTO label_import_rows (import_id, ident, pos, sub, src, uri, cid, val, neg, cts,"
+                " exp, ver, sig, cts_key, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, label_ident(label), pos, sub, label.src, label.uri, label.cid, label.val,
+                  int(label.neg), label.cts, label.exp, label.ver, label.sig, cts_key,
+                  None if verified is None else int(verified))
+                 for pos, sub, label, cts_key, verified in rows],
+            )
+            new = max(cur.rowcount, 0)
             await db.execute(
                 "UPDATE label_imports SET cursor = ?, pages = pages + 1, rows = rows + ?, positions = positions + ?,"
                 " high_seq = CASE WHEN ? IS NULL THEN high_seq ELSE max(coalesce(high_seq, 0), ?) END,"

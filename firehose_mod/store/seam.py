@@ -7,7 +7,7 @@ and the operator commands should need nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from firehose_mod.labels.model import Label
@@ -49,6 +49,8 @@ class LabelStore(Protocol):
                     budget: QueryBudget = QueryBudget()) -> list[StoredLabel]: ...
 
     async def in_force(self, uri: str) -> list[Label]: ...
+
+    async def in_force_many(self, uris: Sequence[str]) -> dict[str, list[Label]]: ...
 
     async def history(self, uri: str) -> list[StoredLabel]: ...
 

@@ -16,7 +16,7 @@ listeners, so they see every seq once, in order, whoever wrote it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -345,6 +345,18 @@ class PgLabelLog(LabelLogBase):
             " WHERE s.uri = $1 AND s.src = $2 ORDER BY s.seq", uri, self.src)
         now = datetime.now(UTC)
         return [s.label for s in map(_stored, rows) if s.label.in_force_at(now)]
+
+    async def in_force_many(self, uris: Sequence[str]) -> dict[str, list[Label]]:
+        """`in_force` of each of `uris` in one query."""
+        out: dict[str, list[Label]] = {u: [] for u in uris}
+        rows = await self._fetch(
+            f"SELECT {_L_COLUMNS} FROM label_state s JOIN labels l ON l.seq = s.seq"
+            " WHERE s.uri = ANY($1::text[]) AND s.src = $2 ORDER BY s.uri, s.seq", list(out), self.src)
+        now = datetime.now(UTC)
+        for s in map(_stored, rows):
+            if s.label.in_force_at(now):
+                out[s.label.uri].append(s.label)
+        return out
 
     async def history(self, uri: str) -> list[StoredLabel]:
         """Every label ever written on `uri`, in seq order (for explain and tests)."""
