@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from firehose_mod.labels import verify_label
 from firehose_mod.store import EmitRequest, LabelLog
+from firehose_mod.store import label_log as label_log_module
 from firehose_mod.store.decisions import DecisionRow
 from tests.conftest import Running, uri
 from tests.stream_client import Received, collect, subscribe
@@ -266,7 +267,13 @@ async def test_a_big_batch_is_signed_in_a_process_holding_more_than_1024_descrip
     assert len(written) == 500 and all(verify_label(label_log.key.did_key, s.label) for s in written)
 
 
-async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog):
+async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog, monkeypatch):
+    # The WAL starts over only at a transaction that began with every frame copied back: once it
+    # holds more than WAL_RESTART_FRAMES, a batch waits for the checkpoint before its BEGIN. (An
+    # operator command used to pause after each commit, which let the checkpoint finish first; it
+    # no longer does when no daemon runs: store/presence.py.) With a threshold under one batch
+    # every batch waits for the checkpoint of the one before.
+    monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
     wal = label_log._path.parent / f"{label_log._path.name}-wal"
     sizes = []
     for k in range(4):
@@ -275,8 +282,9 @@ async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_ove
     await label_log._checkpointer.wait()
     busy, frames, copied = label_log._checkpointer.last
     assert busy == 0 and frames == copied  # each checkpoint copied the whole WAL
-    # each commit began the WAL anew: it holds about one batch, not four
-    assert sizes[-1] < 1.5 * sizes[0], sizes
+    # the WAL starts over instead of growing with every batch: it never holds two batches (four
+    # batches without a restart make it 3x the first)
+    assert max(sizes) < 2 * sizes[0], sizes
     assert await label_log.count() == 4000
 
 
