@@ -182,12 +182,9 @@ def index_summary(root: Path) -> dict:
     entries, bytes on disk, and whether the background merger has work to do (references
     removed since a segment was written are not known here: counted as live)."""
     segs = []
-    if root.is_dir():
-        for p in sorted((p for p in root.iterdir() if p.name.startswith("seg-") and (p / "refs.json").exists()),
-                        key=lambda p: (p / "refs.json").stat().st_mtime_ns):
-            meta = json.loads((p / "refs.json").read_text())
-            segs.append((int(meta.get("entries", 0)), len(meta["refs"]),
-                         sum(f.stat().st_size for f in p.iterdir())))
+    for p in _listed(root):
+        meta = json.loads((p / "refs.json").read_text())
+        segs.append((int(meta.get("entries", 0)), len(meta["refs"]), sum(f.stat().st_size for f in p.iterdir())))
     return {"segments": len(segs), "segment_entries": [e for e, _, _ in segs],
             "index_bytes": sum(b for _, _, b in segs),
             "merge_pending": bool(plan_merge([(e, r, 1.0) for e, r, _ in segs]))}
@@ -251,12 +248,13 @@ def maintain(index: FingerprintIndex, files: IndexFiles, *, max_segments: int = 
     merged = 0
     while merge and not (stop is not None and stop.is_set()):
         segs = index.segments()
-        pick = plan_merge([(s.size, len(s.refs), float(m.mean()) if m.size else 1.0) for s, m in segs],
+        live = [float(m.mean()) if m.size else 1.0 for _, m in segs]
+        pick = plan_merge([(s.size, len(s.refs), f) for (s, _), f in zip(segs, live)],
                           ratio=ratio, max_segments=max_segments)
         if not pick:
             break
         chosen = [segs[i][0] for i in pick]
-        need = int(sum(segs[i][0].disk_bytes() * (segs[i][1].mean() if segs[i][1].size else 1.0) for i in pick))
+        need = int(sum(segs[i][0].disk_bytes() * live[i] for i in pick))
         free = shutil.disk_usage(files.root).free
         if free < need + MERGE_DISK_MARGIN:
             log.warning("catalogue.merge_waits_for_disk", segments=len(pick), need_bytes=need, free_bytes=free,
@@ -361,9 +359,9 @@ class Catalogue:
 
     async def _signature(self) -> tuple:
         refs = await self.store.reference_signature()
-        if self.files.writable or self.files.root is None or not self.files.root.is_dir():
+        if self.files.writable:
             return (refs,)
-        return (refs, tuple(sorted(p.name for p in self.files.root.iterdir() if p.name.startswith("seg-"))))
+        return (refs, tuple(p.name for p in _listed(self.files.root)))
 
 
 @asynccontextmanager

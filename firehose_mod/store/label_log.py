@@ -421,17 +421,10 @@ class LabelLog(LabelLogBase):
 
     async def in_force(self, uri: str) -> list[Label]:
         """The labels of this labeler currently in force on `uri` (not negated, not expired)."""
-        async with self._reader.execute(
-            f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))} FROM label_state s"
-            " JOIN labels l ON l.seq = s.seq WHERE s.uri = ? AND s.src = ? ORDER BY s.seq",
-            (uri, self.src),
-        ) as cur:
-            rows = [_row(r) for r in await cur.fetchall()]
-        now = datetime.now(UTC)
-        return [r.label for r in rows if r.label.in_force_at(now)]
+        return (await self.in_force_many([uri]))[uri]
 
     async def in_force_many(self, uris: Sequence[str]) -> dict[str, list[Label]]:
-        """`in_force` of each of `uris` in one read per 500 (a bulk check: an import's state
+        """`in_force` of each of `uris`, in seq order, in one read per 500 (a bulk check: an import's state
         check of 100,000 subjects was 100,000 reads, each a hop to the reader's thread)."""
         out: dict[str, list[Label]] = {u: [] for u in uris}
         now = datetime.now(UTC)

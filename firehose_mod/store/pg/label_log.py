@@ -340,14 +340,10 @@ class PgLabelLog(LabelLogBase):
 
     async def in_force(self, uri: str) -> list[Label]:
         """The labels of this labeler currently in force on `uri` (not negated, not expired)."""
-        rows = await self._fetch(
-            f"SELECT {_L_COLUMNS} FROM label_state s JOIN labels l ON l.seq = s.seq"
-            " WHERE s.uri = $1 AND s.src = $2 ORDER BY s.seq", uri, self.src)
-        now = datetime.now(UTC)
-        return [s.label for s in map(_stored, rows) if s.label.in_force_at(now)]
+        return (await self.in_force_many([uri]))[uri]
 
     async def in_force_many(self, uris: Sequence[str]) -> dict[str, list[Label]]:
-        """`in_force` of each of `uris` in one query."""
+        """`in_force` of each of `uris`, in seq order, in one query."""
         out: dict[str, list[Label]] = {u: [] for u in uris}
         rows = await self._fetch(
             f"SELECT {_L_COLUMNS} FROM label_state s JOIN labels l ON l.seq = s.seq"
