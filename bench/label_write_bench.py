@@ -254,6 +254,10 @@ def build(a: argparse.Namespace) -> list[dict]:
 
     db = Path(a.db)
     fresh(db)
+    if a.page_size:  # a new file's page size is set before its first table (see LABEL_WRITES.md, fifth pass)
+        with sqlite3.connect(db) as conn:
+            conn.execute(f"PRAGMA page_size = {int(a.page_size)}")
+            conn.execute("PRAGMA journal_mode = WAL")
 
     async def migrate() -> None:
         await (await LabelLog.open(db, SigningKey.generate(), DID)).close()
@@ -473,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-labels", type=int, default=20_000, help="ab: labels written onto each --big-db a round")
     ap.add_argument("--schema", type=int, default=0,
                     help="build: stop at this schema version (e.g. 17, for a version before migration 18)")
+    ap.add_argument("--page-size", type=int, default=0, help="build: the new file's page size (default: SQLite's)")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--tag", default="", help="a name for this run in the results file")
     a = ap.parse_args(argv)

@@ -90,6 +90,37 @@ async def test_a_failing_also_rolls_back_the_whole_batch(label_log: LabelLog):
     assert written[0].seq == 2
 
 
+async def test_also_runs_while_the_batch_is_signed_and_a_failure_then_leaves_the_signer_sound(label_log: LabelLog):
+    # `also` sees each label's seq and fields before its signature exists (the helper signs
+    # meanwhile); what emit_many returns is signed. A batch whose `also` raises with the helper
+    # half-way leaves nothing behind: the next batches are signed right.
+    seen: list = []
+
+    async def also(decisions, written) -> None:
+        seen.extend(written)
+        await decisions.write([DecisionRow(s.label.uri, None, "label", s.label.val, "policy", label_seq=s.seq)
+                               for s in written])
+
+    async def failing(decisions, written) -> None:
+        await also(decisions, written)
+        raise RuntimeError("boom")
+
+    written = await _batches_until_the_helper_signs(label_log, 0, 1000)  # the helper up and signing
+    for first in (10_000, 20_000):
+        with pytest.raises(RuntimeError):
+            await label_log.emit_many([EmitRequest(uri(i), "spam") for i in range(first, first + 2000)], also=failing)
+    assert await label_log.head() == len(written)
+    seen.clear()
+    written = await label_log.emit_many([EmitRequest(uri(i), "spam") for i in range(30_000, 32_000)], also=also)
+    assert [(s.seq, s.label.uri, s.label.val, s.label.cts) for s in seen] == [
+        (s.seq, s.label.uri, s.label.val, s.label.cts) for s in written]
+    assert all(s.label.sig is None and s.cbor == b"" for s in seen)
+    assert all(verify_label(label_log.key.did_key, s.label) for s in written)
+    stored = await label_log.read_after(written[0].seq - 1, 5000)
+    assert [(s.seq, s.label, s.cbor) for s in stored] == [(s.seq, s.label, s.cbor) for s in written]
+    assert _rows(label_log, "SELECT count(*) FROM decisions") == [(2000,)]
+
+
 async def test_decisions_of_a_batch_commit_with_it_in_order(label_log: LabelLog):
     async def also(decisions, written) -> None:
         await decisions.write([DecisionRow(s.label.uri, None, "label", s.label.val, "policy", label_seq=s.seq,
@@ -225,6 +256,43 @@ def test_a_dead_signing_helper_costs_nothing_but_time():
         signer.close()
 
 
+def test_a_stopped_signing_helper_leaves_the_batch_to_the_caller_without_stalling_it():
+    # The caller never waits on a helper that does not answer: it signs the chunks itself (the
+    # helper skips what the caller took, by the board), and the helper, once it runs again, is used
+    # again with nothing of the old batches mixed in.
+    import signal
+
+    from firehose_mod.labels.sign_worker import ParallelSigner
+    from firehose_mod.labels.signing import SigningKey
+
+    key = SigningKey.generate()
+    problems: list[str] = []
+    signer = ParallelSigner(key.curve, key._k1().secret, key.sign_bytes, on_error=problems.append)
+    try:
+        payloads = _payloads(1000)
+        want = [key.sign_bytes(p) for p in payloads]
+        assert signer.sign_many(payloads) == want
+        proc = signer._proc
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                before = dict(signer.stats)
+                assert signer.sign_many(payloads) == want
+                assert signer.stats["caller"] - before["caller"] == 1000  # all of it here
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        for _ in range(40):
+            before = signer.stats["helper"]
+            assert signer.sign_many(payloads) == want
+            if signer.stats["helper"] > before:
+                break
+        else:
+            raise AssertionError(f"the helper never signed again: {signer.stats}")
+        assert problems == [] and signer._proc is proc
+    finally:
+        signer.close()
+
+
 def test_a_p256_key_signs_in_the_caller():
     from firehose_mod.labels.sign_worker import ParallelSigner
     from firehose_mod.labels.signing import SigningKey, verify_bytes
@@ -237,13 +305,27 @@ def test_a_p256_key_signs_in_the_caller():
     assert all(verify_bytes(key.did_key, p, s) for p, s in zip(payloads, sigs, strict=True))
 
 
+async def _batches_until_the_helper_signs(label_log: LabelLog, first: int, size: int) -> list:
+    """Batches of `size` labels from uri(first) on until the signing helper has signed part of one:
+    the helper starts with the first large batch, and the writer never waits for it, so the first
+    batches may be signed by the writer alone while the helper starts up."""
+    written: list = []
+    for _ in range(40):
+        written += await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(first, first + size)])
+        first += size
+        if label_log._signer.stats["helper"] > 0:
+            return written
+    raise AssertionError(f"the signing helper signed nothing in 40 batches: {label_log._signer.stats}")
+
+
 async def test_a_big_batch_is_signed_in_two_processes_and_every_label_verifies(label_log: LabelLog):
     written = await label_log.emit(uri(0), "porn")
     assert label_log._signer is None or label_log._signer._proc is None  # one label: no helper
-    written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1, 3001)])
-    assert label_log._signer._proc is not None and label_log._signer.stats["helper"] > 0
+    written = await _batches_until_the_helper_signs(label_log, 1, 3000)
+    assert label_log._signer._proc is not None
+    assert label_log._signer.stats["caller"] > 0  # two processes: the writer signed its share too
     assert all(verify_label(label_log.key.did_key, s.label) for s in written)
-    stored = await label_log.read_after(1, 5000)
+    stored = await label_log.read_after(1, len(written) + 10)
     assert [(s.seq, s.label, s.cbor) for s in stored] == [(s.seq, s.label, s.cbor) for s in written]
     proc = label_log._signer._proc
     await label_log.close()
@@ -258,13 +340,13 @@ async def test_a_big_batch_is_signed_in_a_process_holding_more_than_1024_descrip
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
     held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
-        written = await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(500)])
-        assert label_log._signer._proc is not None and label_log._signer.stats["helper"] > 0
+        written = await _batches_until_the_helper_signs(label_log, 0, 500)
+        assert label_log._signer._proc is not None
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert len(written) == 500 and all(verify_label(label_log.key.did_key, s.label) for s in written)
+    assert len(written) % 500 == 0 and all(verify_label(label_log.key.did_key, s.label) for s in written)
 
 
 async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog, monkeypatch):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import aiosqlite
 
 from firehose_mod.labels.model import fast_frozen_init, now_iso
-from firehose_mod.store.db import Store
+from firehose_mod.store.db import Store, insert_many
 from firehose_mod.store.query import prefix_upper_bound
 from firehose_mod.store.review import (
     ITEM_COLUMNS, POLICY_ACTOR, ModerationEvent, ReviewItem, ReviewWriter, events_for_uri, item_from_row,
@@ -234,12 +234,13 @@ class DecisionWriter:
     """Decision and review writes inside a transaction someone else holds: what the label log
     hands `emit_many(also=...)`, so a caller outside store/ never holds the raw connection."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, pending: dict[int, str] | None = None) -> None:
         self._db = db
+        self._pending = pending  # seq -> uri of labels of this transaction the log inserts after `also`
 
     async def write(self, rows: list[DecisionRow], reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
         """`write_decisions` in the held transaction; returns the review items opened."""
-        return await write_decisions(self._db, rows, reviews)
+        return await write_decisions(self._db, rows, reviews, pending=self._pending)
 
     @property
     def review(self) -> ReviewWriter:
@@ -275,12 +276,20 @@ _INSERT_SQL = ("INSERT INTO decisions (uri, cid, action, value, origin, rule, po
 _CHECK_CHUNK = 500  # label seqs per lookup (under any SQLITE_MAX_VARIABLE_NUMBER)
 
 
-def _insert_sync(conn: sqlite3.Connection, values: list[tuple]) -> None:
-    """On aiosqlite's thread, in the caller's transaction: check every row's label (a rowid search
-    of `labels` each), then insert the rows; a mismatch raises before anything is inserted."""
-    seqs = list({v[9] for v in values if v[9] is not None})  # label_seq
-    if seqs:
-        found: dict[int, str] = {}
+def _insert_sync(conn: sqlite3.Connection, values: list[tuple], pending: dict[int, str] | None = None) -> None:
+    """On aiosqlite's thread, in the caller's transaction: check every row's label (in `pending`, the
+    labels of this transaction the label log inserts once they are signed, or a rowid search of
+    `labels`), then insert the rows; a mismatch raises before anything is inserted."""
+    found: dict[int, str] = {}
+    seqs = []  # label_seq
+    for v in values:
+        if v[9] is not None:
+            if pending is not None and (u := pending.get(v[9])) is not None:
+                found[v[9]] = u
+            else:
+                seqs.append(v[9])
+    if seqs or found:
+        seqs = list(set(seqs))
         for i in range(0, len(seqs), _CHECK_CHUNK):
             chunk = seqs[i : i + _CHECK_CHUNK]
             found.update(conn.execute(
@@ -290,11 +299,12 @@ def _insert_sync(conn: sqlite3.Connection, values: list[tuple]) -> None:
                 where = f"is on {found[v[9]]}" if v[9] in found else "does not exist"
                 raise DecisionLabelMismatch(f"a decision on {v[0]} names label {v[9]}, which {where}:"
                                             " a decision's label_seq must name a label on its own uri")
-    conn.executemany(_INSERT_SQL, values)
+    insert_many(conn, _INSERT_SQL, values)
 
 
 async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
-                          reviews: list[tuple[str, str | None, str, str, list]] = ()) -> int:
+                          reviews: list[tuple[str, str | None, str, str, list]] = (),
+                          pending: dict[int, str] | None = None) -> int:
     """The decision and review writes, inside a transaction the caller holds on `db`.
 
     The engine calls this inside the label log's own transaction, so a label and the decision
@@ -304,7 +314,7 @@ async def write_decisions(db: aiosqlite.Connection, rows: list[DecisionRow],
     opened = 0
     if rows:  # the check and one executemany in one call on the connection's thread (`_execute`, as label_log)
         values = decision_rows(rows)
-        await db._execute(_insert_sync, db._conn, values)
+        await db._execute(_insert_sync, db._conn, values, pending)
     writer = ReviewWriter(db)
     for uri, cid, value, reason, findings in reviews:  # each opening is a #modEventReport by the policy
         opened += await writer.open_item(uri, cid, value, reason, findings, actor=POLICY_ACTOR) is not None

@@ -31,7 +31,7 @@ from libipld import encode_dag_cbor
 from firehose_mod.labels.model import Label, fast_frozen_init, now_iso, parse_datetime, validate_label_fields
 from firehose_mod.labels.sign_worker import ParallelSigner
 from firehose_mod.labels.signing import SigningKey
-from firehose_mod.store.db import open_db, transaction
+from firehose_mod.store.db import insert_many, open_db, transaction
 from firehose_mod.store.decisions import DecisionWriter
 from firehose_mod.store.presence import daemon_running
 from firehose_mod.store.query import QueryBudget, QueryConnections, build_query, prefix_upper_bound
@@ -179,6 +179,10 @@ class LabelLog(LabelLogBase):
             # just read again for the upsert, and the background checkpoint could not let the WAL
             # start over. Pages are allocated as they are used: a small log stays small.
             await writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            # A statement of many rows (store/db.py insert_many) keeps a statement journal of the pages
+            # it changes, to undo itself alone; past 64 kB SQLite spills it to a temporary file, which
+            # the upsert of a batch's random label_state leaves did (measured: 2.2 us a row, 1.6 here).
+            await writer.execute("PRAGMA temp_store = MEMORY")
             reader = await open_db(path, synchronous=synchronous)
         except BaseException:
             await writer.close()
@@ -210,8 +214,10 @@ class LabelLog(LabelLogBase):
     ) -> list[StoredLabel]:
         """Append several labels in one transaction; requests that change nothing are skipped.
 
-        `also(decisions, written)` runs inside the same transaction, after the labels are inserted,
-        so the decisions behind the labels (written through `decisions`) commit with them.
+        `also(decisions, written)` runs inside the same transaction, so the decisions behind the
+        labels (written through `decisions`) commit with them. It runs while the labels are signed
+        (issue 19): `written` holds each label's seq and fields, but not yet its signature
+        (`label.sig` is None, `cbor` empty); what `emit_many` returns and listeners get is signed.
         """
         requests = checked(requests)
         async with self._write_lock:
@@ -234,13 +240,20 @@ class LabelLog(LabelLogBase):
             self._checkpointer.last = None  # this transaction restarts the WAL: its size is news
         async with transaction(db, wait=self.busy_wait, path=self._path):
             written: list[StoredLabel] = []
-            if requests:
-                # The whole batch (read state, sign, insert) is one call on the connection's own
-                # thread: each aiosqlite call is a thread hop, which costs more than the SQL itself.
-                # `_execute` is how aiosqlite runs a function there; sqlite3 objects are bound to it.
-                written = await db._execute(self._append_sync, db._conn, requests)
-            if also is not None:
-                await also(DecisionWriter(db), written)
+            # Each step is one call on the connection's own thread: each aiosqlite call is a thread
+            # hop, which costs more than the SQL itself. `_execute` is how aiosqlite runs a function
+            # there; sqlite3 objects are bound to it. Between the two steps the signing helper signs
+            # while `also` writes the decisions (the other core would otherwise be idle).
+            batch = await db._execute(self._prepare_sync, db._conn, requests) if requests else None
+            try:
+                if also is not None:
+                    unsigned = batch.unsigned() if batch is not None else []
+                    await also(DecisionWriter(db, pending=batch.uris if batch is not None else None), unsigned)
+                if batch is not None:
+                    written = await db._execute(self._finish_sync, db._conn, batch)
+            finally:
+                if batch is not None and batch.signing is not None:
+                    self._signer.abandon(batch.signing)  # raised before the signatures were read
             if self._checkpointer is not None:
                 await self._checkpointer.wait()  # before COMMIT: the commit can then restart the WAL
         if self._checkpointer is not None and written:
@@ -250,8 +263,9 @@ class LabelLog(LabelLogBase):
                 self._checkpointer.start()
         return written
 
-    def _append_sync(self, conn: sqlite3.Connection, requests: list[EmitRequest]) -> list[StoredLabel]:
-        """The labels of one batch, on aiosqlite's thread, inside the write transaction."""
+    def _prepare_sync(self, conn: sqlite3.Connection, requests: list[EmitRequest]) -> _Batch | None:
+        """The first step of a batch, on aiosqlite's thread, inside the write transaction: each
+        label's seq, the signing begun, label_state and label_prev written (they need no signature)."""
         now = datetime.now(UTC)
         current = self._currents(conn, {(r.uri, r.val) for r in requests})
         (head,) = conn.execute(_HEAD_SQL).fetchone()
@@ -273,42 +287,36 @@ class LabelLog(LabelLogBase):
             current[(r.uri, r.val)] = (head, label)  # a repeat later in this batch is a no-op
             todo.append((head, label))
         if not todo:
-            return []
-        # label_state and label_prev do not need the signatures: written while the batch is signed.
-        state = [(label.uri, label.val, src, seq) for seq, label in todo]
-
-        def meanwhile() -> None:
-            conn.executemany(_STATE_SQL, state)
-            if links:
-                conn.executemany(_PREV_SQL, links)
-
-        written, rows = self._sign(todo, meanwhile=meanwhile)
-        conn.executemany(_LABELS_SQL, rows)
-        return written
-
-    def _sign(self, todo: list[tuple[int, Label]],
-              meanwhile: Callable[[], object] | None = None) -> tuple[list[StoredLabel], list[tuple]]:
-        """`todo` signed (in the helper process and this thread at once for a large batch:
-        `labels/sign_worker.py`), with each label's wire CBOR, and their `labels` rows;
-        `meanwhile()` runs while it signs. Each label's fields are built once and encoded twice:
-        without `sig` (what is signed) and with it (the wire CBOR)."""
+            return None
         key = self.key
         if self._signer is None or self._signer_key is not key:
             self._close_signer()
             self._signer, self._signer_key = _signer_for(key), key
         fields = [label.unsigned() for _, label in todo]
-        sigs = self._signer.sign_many([encode_dag_cbor(f) for f in fields], meanwhile)
-        did_key = key.did_key
+        batch = _Batch(todo, fields, key.did_key, self._signer.begin([encode_dag_cbor(f) for f in fields]))
+        insert_many(conn, _STATE_SQL, [(label.uri, label.val, src, seq) for seq, label in todo])
+        if links:
+            insert_many(conn, _PREV_SQL, links)
+        return batch
+
+    def _finish_sync(self, conn: sqlite3.Connection, batch: _Batch) -> list[StoredLabel]:
+        """The last step: the signatures (the helper's, and the rest signed here), each label's wire
+        CBOR, and the `labels` rows. Each label's fields are built once and encoded twice: without
+        `sig` (what is signed, in `_prepare_sync`) and with it (the wire CBOR)."""
+        signing, batch.signing = batch.signing, None
+        sigs = self._signer.finish(signing)
+        did_key = batch.key_id
         written: list[StoredLabel] = []
         rows: list[tuple] = []
-        for (seq, label), f, sig in zip(todo, fields, sigs, strict=True):
+        for (seq, label), f, sig in zip(batch.todo, batch.fields, sigs, strict=True):
             f["sig"] = sig
             cbor = encode_dag_cbor(f)
             src, uri, val, cts = label.src, label.uri, label.val, label.cts
             cid, neg, exp = label.cid, label.neg, label.exp
             written.append(StoredLabel(seq, Label(src, uri, val, cts, cid, neg, exp, label.ver, sig), did_key, cbor))
             rows.append((seq, src, uri, cid, val, neg, cts, exp, sig, did_key, cbor))
-        return written, rows
+        insert_many(conn, _LABELS_SQL, rows)
+        return written
 
     def _close_signer(self) -> None:
         signer, self._signer = self._signer, None
@@ -470,6 +478,25 @@ class LabelLog(LabelLogBase):
             params.append(upper)
         async with self._reader.execute(sql + " AND s.src = ? ORDER BY s.uri, s.seq", (*params, self.src)) as cur:
             return [_row(r) for r in await cur.fetchall()]
+
+
+class _Batch:
+    """A batch between `_prepare_sync` and `_finish_sync`: its labels with their seqs, the fields
+    being signed, and the signing under way (None once finished)."""
+
+    __slots__ = ("todo", "fields", "key_id", "signing")
+
+    def __init__(self, todo: list[tuple[int, Label]], fields: list[dict], key_id: str, signing) -> None:
+        self.todo, self.fields, self.key_id, self.signing = todo, fields, key_id, signing
+
+    @property
+    def uris(self) -> dict[int, str]:
+        """seq -> uri of the batch's labels (not in `labels` yet: a decision naming one is checked here)."""
+        return {seq: label.uri for seq, label in self.todo}
+
+    def unsigned(self) -> list[StoredLabel]:
+        """The labels as `also` sees them: seq and fields, no signature yet."""
+        return [StoredLabel(seq, label, self.key_id, b"") for seq, label in self.todo]
 
 
 class _Checkpointer:
