@@ -168,7 +168,7 @@ class ParallelSigner:
                 stdout=subprocess.PIPE, bufsize=0, close_fds=True, pass_fds=(board_fd,),
             )
             _write_all(proc.stdin.fileno(), _LEN.pack(len(self._secret)) + self._secret)
-        except OSError as exc:
+        except (OSError, AttributeError) as exc:  # AttributeError: no os.memfd_create (not Linux)
             self._failed(f"cannot start the signing helper: {exc}")
             return False
         finally:

@@ -250,7 +250,7 @@ class LabelLog(LabelLogBase):
                     unsigned = batch.unsigned() if batch is not None else []
                     await also(DecisionWriter(db, pending=batch.uris if batch is not None else None), unsigned)
                 if batch is not None:
-                    written = await db._execute(self._finish_sync, db._conn, batch)
+                    written = batch.written or await db._execute(self._finish_sync, db._conn, batch)
             finally:
                 if batch is not None and batch.signing is not None:
                     self._signer.abandon(batch.signing)  # raised before the signatures were read
@@ -297,6 +297,8 @@ class LabelLog(LabelLogBase):
         insert_many(conn, _STATE_SQL, [(label.uri, label.val, src, seq) for seq, label in todo])
         if links:
             insert_many(conn, _PREV_SQL, links)
+        if isinstance(batch.signing, list):  # signed already (a small batch: no helper): no second hop
+            batch.written = self._finish_sync(conn, batch)
         return batch
 
     def _finish_sync(self, conn: sqlite3.Connection, batch: _Batch) -> list[StoredLabel]:
@@ -482,12 +484,14 @@ class LabelLog(LabelLogBase):
 
 class _Batch:
     """A batch between `_prepare_sync` and `_finish_sync`: its labels with their seqs, the fields
-    being signed, and the signing under way (None once finished)."""
+    being signed, the signing under way (None once finished) and, once finished, the labels written
+    (a batch signed without the helper finishes within `_prepare_sync`: one thread hop, not two)."""
 
-    __slots__ = ("todo", "fields", "key_id", "signing")
+    __slots__ = ("todo", "fields", "key_id", "signing", "written")
 
     def __init__(self, todo: list[tuple[int, Label]], fields: list[dict], key_id: str, signing) -> None:
         self.todo, self.fields, self.key_id, self.signing = todo, fields, key_id, signing
+        self.written: list[StoredLabel] | None = None  # once `_finish_sync` ran
 
     @property
     def uris(self) -> dict[int, str]:
