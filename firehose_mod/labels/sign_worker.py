@@ -39,6 +39,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from firehose_mod.labels.signing import k1_chunk_signer
+
 _LEN = struct.Struct("<I")
 _HEAD = struct.Struct("<II")
 # The board both processes map (a memfd): the caller's (batch, floor) at 0, the helper's (batch,
@@ -84,11 +86,10 @@ def worker_main(board_fd: int = -1) -> int:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
-    from firehose_mod.labels.signing import k1_signer
 
     rfd, wfd = sys.stdin.fileno(), sys.stdout.fileno()
     secret = _read_frame(rfd)
-    sign = k1_signer(secret) if secret else None
+    sign = k1_chunk_signer(secret) if secret else None
     if sign is None:
         return 2
     board = mmap.mmap(board_fd, mmap.PAGESIZE) if board_fd >= 0 else None
@@ -96,12 +97,12 @@ def worker_main(board_fd: int = -1) -> int:
         batch, chunk, payloads = pickle.loads(body)
         out = _HEAD.pack(batch, chunk)
         if board is None:
-            out += b"".join([sign(p) for p in payloads])
+            out += sign(payloads)
         else:
             current, floor = _BOARD.unpack_from(board, _CALLER)
             if current == batch and chunk < floor:
                 _BOARD.pack_into(board, _HELPER, batch, chunk)
-                out += b"".join([sign(p) for p in payloads])
+                out += sign(payloads)
         _write_all(wfd, _LEN.pack(len(out)) + out)
     return 0
 
@@ -137,6 +138,9 @@ class ParallelSigner:
         self._curve = curve
         self._secret = secret
         self._sign = sign
+        # A chunk at a time (buffers made once a chunk) where the key allows it, else one by one.
+        chunk = k1_chunk_signer(secret) if curve == "secp256k1" and secret is not None else None
+        self._sign_chunk = chunk or (lambda payloads: b"".join([sign(p) for p in payloads]))
         self._on_error = on_error
         self._proc: subprocess.Popen | None = None
         self._buf = bytearray()
@@ -274,13 +278,18 @@ class ParallelSigner:
             meanwhile()
         return self.finish(signing)
 
+    def ready(self, n: int) -> bool:
+        """Whether a batch of `n` would be signed with the helper (started now if it is not running)."""
+        return n >= self.MIN_LABELS and self._start()
+
     def begin(self, payloads: list[bytes]) -> Signing | list[bytes]:
         """Start signing `payloads`: the helper is sent the chunks the pipes hold from the front.
         A small batch (or no helper) is signed here and now: its signatures are returned."""
         n = len(payloads)
         if n < self.MIN_LABELS or not self._start():
             self.stats["caller"] += n
-            return [self._sign(p) for p in payloads]
+            body = self._sign_chunk(payloads)
+            return [body[i : i + SIG] for i in range(0, len(body), SIG)]
         self._batch = batch = (self._batch + 1) & 0xFFFFFFFF
         signing = Signing(batch, payloads, (n + self.CHUNK - 1) // self.CHUNK)
         # The board first: the helper signs a chunk of this batch only below the floor.
@@ -289,8 +298,9 @@ class ParallelSigner:
         self._feed(signing)
         return signing
 
-    def finish(self, signing: Signing | list[bytes]) -> list[bytes]:
-        """The signatures of a batch `begin` started, in order.
+    def finish(self, signing: Signing | list[bytes], needed: list[int] | None = None) -> list[bytes]:
+        """The signatures of a batch `begin` started, in order. With `needed` (the indices the caller
+        will use), a chunk holding none of them is not signed here: its places hold 64 zero bytes.
 
         The helper takes chunks from the front, we take them from the back, lowering the floor on
         the board before each one: the helper skips a chunk at or above it. Where we reach the chunk
@@ -298,14 +308,15 @@ class ParallelSigner:
         time; a stopped or starved helper costs no more), then sign it here all the same."""
         if isinstance(signing, list):
             return signing
-        size, sign, board, payloads = self.CHUNK, self._sign, self._board, signing.payloads
+        size, sign, board, payloads = self.CHUNK, self._sign_chunk, self._board, signing.payloads
         batch, sigs = signing.batch, signing.sigs
+        wanted = None if needed is None else {i // size for i in needed}
         own, waited = 0.002, False  # seconds our last chunk took; whether we waited for the helper once
         try:
             while signing.back >= 0:
                 back = signing.back
                 self._collect(signing)
-                if sigs[back] is not None:
+                if sigs[back] is not None or (wanted is not None and back not in wanted):
                     signing.back -= 1
                     continue
                 if (back < signing.sent and not waited and self._proc is not None
@@ -316,18 +327,26 @@ class ParallelSigner:
                 _BOARD.pack_into(board, _CALLER, batch, back)
                 self._feed(signing)
                 t = time.perf_counter()
-                sigs[back] = b"".join([sign(p) for p in payloads[back * size : (back + 1) * size]])
+                sigs[back] = sign(payloads[back * size : (back + 1) * size])
                 own = time.perf_counter() - t
                 signing.back -= 1
         finally:
             self.abandon(signing)
         n = len(payloads)
         out: list[bytes] = []
-        for body in sigs:
+        helper = caller = 0
+        for c, body in enumerate(sigs):
+            count = min(n, (c + 1) * size) - c * size
+            if body is None:  # not needed
+                out.extend([bytes(SIG)] * count)
+                continue
             out.extend([body[i : i + SIG] for i in range(0, len(body), SIG)])
-        helper = sum(min(n, (c + 1) * size) - c * size for c in range(len(sigs)) if signing.by_helper[c])
+            if signing.by_helper[c]:
+                helper += count
+            else:
+                caller += count
         self.stats["helper"] += helper
-        self.stats["caller"] += n - helper
+        self.stats["caller"] += caller
         return out
 
     def abandon(self, signing: Signing | list[bytes]) -> None:

@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from hashlib import sha256
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -175,12 +175,20 @@ class SigningKey:
 
 
 def k1_signer(secret: bytes) -> Callable[[bytes], bytes] | None:
-    """`sign(data) -> r||s` for a secp256k1 `secret`, straight through coincurve's libsecp256k1
-    bindings: `secp256k1_ecdsa_sign` (RFC 6979 nonce, low-S) and its compact form, the same 64
-    bytes as `PrivateKey.sign_recoverable(data)[:64]` without the recoverable wrapping (~4 us of
-    Python a label, issue 19). None where those bindings are not there (another coincurve build):
-    the caller then uses coincurve's public API. Safe from several threads: buffers are per call,
-    and the library releases the GIL while it signs."""
+    """`sign(data) -> r||s` for a secp256k1 `secret`: `k1_chunk_signer` for one payload (see there).
+    The same 64 bytes as `PrivateKey.sign_recoverable(data)[:64]` without the recoverable wrapping
+    (~4 us of Python a label, issue 19). None where those bindings are not there."""
+    chunk = k1_chunk_signer(secret)
+    return None if chunk is None else (lambda data: chunk((data,)))
+
+
+def k1_chunk_signer(secret: bytes) -> Callable[[Sequence[bytes]], bytes] | None:
+    """`sign_chunk([data, ...]) -> r||s r||s ...` for a secp256k1 `secret`, straight through
+    coincurve's libsecp256k1 bindings: `secp256k1_ecdsa_sign` (RFC 6979 nonce, low-S) and its compact
+    form, concatenated; the library's buffers are made once a call, not twice a signature (~2.5 us of
+    a ~30 us signature, issue 19). None where those bindings are not there (another coincurve build):
+    the caller then uses coincurve's public API. Safe from several threads: buffers are per call, and
+    the library releases the GIL while it signs."""
     try:
         from coincurve._libsecp256k1 import ffi, lib
         from coincurve.context import GLOBAL_CONTEXT
@@ -193,15 +201,19 @@ def k1_signer(secret: bytes) -> Callable[[bytes], bytes] | None:
     if len(key) != 32:
         return None
 
-    def k1_sign(data: bytes) -> bytes:
+    def k1_sign_chunk(payloads) -> bytes:  # a list or tuple of bytes
         sig = new("secp256k1_ecdsa_signature *")
-        if not sign(ctx, sig, sha256(data).digest(), key, null, null):
-            raise ValueError("libsecp256k1 could not sign")  # only for an invalid secret
         out = new("unsigned char[64]")
-        compact(ctx, out, sig)
-        return buffer(out)[:]
+        view = buffer(out)
+        parts = []
+        for data in payloads:
+            if not sign(ctx, sig, sha256(data).digest(), key, null, null):
+                raise ValueError("libsecp256k1 could not sign")  # only for an invalid secret
+            compact(ctx, out, sig)
+            parts.append(view[:])
+        return b"".join(parts)
 
-    return k1_sign
+    return k1_sign_chunk
 
 
 def _fsync_dir(directory: Path) -> None:

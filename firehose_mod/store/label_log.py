@@ -267,33 +267,50 @@ class LabelLog(LabelLogBase):
         """The first step of a batch, on aiosqlite's thread, inside the write transaction: each
         label's seq, the signing begun, label_state and label_prev written (they need no signature)."""
         now = datetime.now(UTC)
-        current = self._currents(conn, {(r.uri, r.val) for r in requests})
-        (head,) = conn.execute(_HEAD_SQL).fetchone()
-        src = self.src
-        clock = _Clock()
-        todo: list[tuple[int, Label]] = []
-        links: list[tuple[int, int]] = []  # (seq, the seq of the label before it on its (uri, val))
-        for r in requests:
-            seq_cur = current.get((r.uri, r.val))
-            cur = seq_cur[1] if seq_cur is not None else None
-            if r.cts is not None and not self._import_applies(conn, cur, r):
-                continue
-            if not _changes_state(cur, r, now):
-                continue
-            label = Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
-            head += 1
-            if seq_cur is not None:
-                links.append((head, seq_cur[0]))
-            current[(r.uri, r.val)] = (head, label)  # a repeat later in this batch is a no-op
-            todo.append((head, label))
-        if not todo:
-            return None
-        key = self.key
+        src, key = self.src, self.key
         if self._signer is None or self._signer_key is not key:
             self._close_signer()
             self._signer, self._signer_key = _signer_for(key), key
-        fields = [label.unsigned() for _, label in todo]
-        batch = _Batch(todo, fields, key.did_key, self._signer.begin([encode_dag_cbor(f) for f in fields]))
+        clock = _Clock()
+        # A request's label is fixed by the request and the clock (its seq is not signed): a batch
+        # the helper will sign is sent to it before the state read decides which labels are written,
+        # so the helper starts that much earlier. A request that changes nothing then costs the
+        # helper a signature; the caller signs only chunks that hold a label written.
+        early = self._signer.ready(len(requests))
+        made = [Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp) for r in requests] if early else []
+        made_fields = [label.unsigned() for label in made]
+        signing = self._signer.begin([encode_dag_cbor(f) for f in made_fields]) if early else None
+        try:
+            current = self._currents(conn, {(r.uri, r.val) for r in requests})
+            (head,) = conn.execute(_HEAD_SQL).fetchone()
+            todo: list[tuple[int, Label]] = []
+            picked: list[int] = []  # the index of each label written among the requests
+            links: list[tuple[int, int]] = []  # (seq, the seq of the label before it on its (uri, val))
+            for i, r in enumerate(requests):
+                seq_cur = current.get((r.uri, r.val))
+                cur = seq_cur[1] if seq_cur is not None else None
+                if r.cts is not None and not self._import_applies(conn, cur, r):
+                    continue
+                if not _changes_state(cur, r, now):
+                    continue
+                label = made[i] if early else Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
+                head += 1
+                if seq_cur is not None:
+                    links.append((head, seq_cur[0]))
+                current[(r.uri, r.val)] = (head, label)  # a repeat later in this batch is a no-op
+                todo.append((head, label))
+                picked.append(i)
+            if not todo:
+                return None
+            if early:
+                batch = _Batch(todo, [made_fields[i] for i in picked], key.did_key, signing, picked)
+                signing = None  # the batch's now
+            else:
+                fields = [label.unsigned() for _, label in todo]
+                batch = _Batch(todo, fields, key.did_key, self._signer.begin([encode_dag_cbor(f) for f in fields]))
+        finally:
+            if signing is not None:
+                self._signer.abandon(signing)  # nothing to write, or raised
         insert_many(conn, _STATE_SQL, [(label.uri, label.val, src, seq) for seq, label in todo])
         if links:
             insert_many(conn, _PREV_SQL, links)
@@ -306,7 +323,9 @@ class LabelLog(LabelLogBase):
         CBOR, and the `labels` rows. Each label's fields are built once and encoded twice: without
         `sig` (what is signed, in `_prepare_sync`) and with it (the wire CBOR)."""
         signing, batch.signing = batch.signing, None
-        sigs = self._signer.finish(signing)
+        sigs = self._signer.finish(signing, batch.picked)
+        if batch.picked is not None:
+            sigs = [sigs[i] for i in batch.picked]
         did_key = batch.key_id
         written: list[StoredLabel] = []
         rows: list[tuple] = []
@@ -487,10 +506,12 @@ class _Batch:
     being signed, the signing under way (None once finished) and, once finished, the labels written
     (a batch signed without the helper finishes within `_prepare_sync`: one thread hop, not two)."""
 
-    __slots__ = ("todo", "fields", "key_id", "signing", "written")
+    __slots__ = ("todo", "fields", "key_id", "signing", "picked", "written")
 
-    def __init__(self, todo: list[tuple[int, Label]], fields: list[dict], key_id: str, signing) -> None:
+    def __init__(self, todo: list[tuple[int, Label]], fields: list[dict], key_id: str, signing,
+                 picked: list[int] | None = None) -> None:
         self.todo, self.fields, self.key_id, self.signing = todo, fields, key_id, signing
+        self.picked = picked  # signed from all the requests: the index of each of `todo` among them
         self.written: list[StoredLabel] | None = None  # once `_finish_sync` ran
 
     @property
