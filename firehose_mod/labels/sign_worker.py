@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 from firehose_mod.labels.signing import k1_chunk_signer
@@ -137,7 +138,6 @@ class ParallelSigner:
                  *, on_error: Callable[[str], None] | None = None) -> None:
         self._curve = curve
         self._secret = secret
-        self._sign = sign
         # A chunk at a time (buffers made once a chunk) where the key allows it, else one by one.
         chunk = k1_chunk_signer(secret) if curve == "secp256k1" and secret is not None else None
         self._sign_chunk = chunk or (lambda payloads: b"".join([sign(p) for p in payloads]))
@@ -146,7 +146,8 @@ class ParallelSigner:
         self._buf = bytearray()
         self._batch = 0
         self._outstanding = 0  # chunks sent to the helper and not yet answered (any batch)
-        self._inflight: list[int] = []  # the frame sizes of those chunks, oldest first
+        self._inflight: deque[int] = deque()  # the frame sizes of those chunks, oldest first
+        self._inflight_bytes = 0  # their sum
         self._room = (1 << 16, 1 << 16)  # bytes each pipe holds (to the helper, from it)
         self._failed_at: float | None = None
         self._progress = 0.0  # when the helper last answered (or had nothing to answer)
@@ -178,7 +179,8 @@ class ParallelSigner:
         finally:
             if board_fd >= 0:
                 os.close(board_fd)  # the mapping and the helper's copy keep it
-        self._proc, self._buf, self._outstanding, self._inflight, self._poll = proc, bytearray(), 0, [], None
+        self._proc, self._buf, self._outstanding, self._poll = proc, bytearray(), 0, None
+        self._inflight, self._inflight_bytes = deque(), 0
         self._board = board
         self._room = (_grow_pipe(proc.stdin.fileno(), self.PIPE_BYTES), _grow_pipe(proc.stdout.fileno(), self.PIPE_BYTES))
         return True
@@ -219,7 +221,7 @@ class ParallelSigner:
     def _fits(self, payloads: list[bytes]) -> bool:
         """Whether one more chunk of `payloads` fits both pipes with what is in flight: the helper
         never blocks writing an answer, we never block writing a chunk."""
-        to_helper = sum(self._inflight) + sum(map(len, payloads)) + 64 * len(payloads) + 64
+        to_helper = self._inflight_bytes + sum(map(len, payloads)) + 64 * len(payloads) + 64
         answers = (self._outstanding + 1) * (4 + _HEAD.size + SIG * self.CHUNK)
         return to_helper <= self._room[0] and answers <= self._room[1]
 
@@ -234,6 +236,7 @@ class ParallelSigner:
             self._progress = time.monotonic()  # the helper's clock starts with its first unanswered chunk
         self._outstanding += 1
         self._inflight.append(4 + len(body))
+        self._inflight_bytes += 4 + len(body)
         return True
 
     def _receive(self, wait_ms: int = 0) -> list[tuple[int, int, bytes]] | None:
@@ -260,7 +263,7 @@ class ParallelSigner:
                 out.append((batch, chunk, body[_HEAD.size :]))
                 self._outstanding -= 1
                 if self._inflight:
-                    self._inflight.pop(0)  # answers come in the order the chunks went
+                    self._inflight_bytes -= self._inflight.popleft()  # answers come in the order the chunks went
         now = time.monotonic()
         if out or self._outstanding == 0:
             self._progress = now

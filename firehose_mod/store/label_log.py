@@ -276,8 +276,11 @@ class LabelLog(LabelLogBase):
         # the helper will sign is sent to it before the state read decides which labels are written,
         # so the helper starts that much earlier. A request that changes nothing then costs the
         # helper a signature; the caller signs only chunks that hold a label written.
+        def label_for(r: EmitRequest) -> Label:
+            return Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
+
         early = self._signer.ready(len(requests))
-        made = [Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp) for r in requests] if early else []
+        made = [label_for(r) for r in requests] if early else []
         made_fields = [label.unsigned() for label in made]
         signing = self._signer.begin([encode_dag_cbor(f) for f in made_fields]) if early else None
         try:
@@ -293,7 +296,7 @@ class LabelLog(LabelLogBase):
                     continue
                 if not _changes_state(cur, r, now):
                     continue
-                label = made[i] if early else Label(src, r.uri, r.val, r.cts or clock.now(), r.cid, r.neg, r.exp)
+                label = made[i] if early else label_for(r)
                 head += 1
                 if seq_cur is not None:
                     links.append((head, seq_cur[0]))
@@ -303,11 +306,12 @@ class LabelLog(LabelLogBase):
             if not todo:
                 return None
             if early:
-                batch = _Batch(todo, [made_fields[i] for i in picked], key.did_key, signing, picked)
-                signing = None  # the batch's now
-            else:
+                fields = [made_fields[i] for i in picked]
+            else:  # signed now, in this thread (a small batch, or no helper)
                 fields = [label.unsigned() for _, label in todo]
-                batch = _Batch(todo, fields, key.did_key, self._signer.begin([encode_dag_cbor(f) for f in fields]))
+                signing = self._signer.begin([encode_dag_cbor(f) for f in fields])
+            batch = _Batch(todo, fields, key.did_key, signing, picked if early else None)
+            signing = None  # the batch's now
         finally:
             if signing is not None:
                 self._signer.abandon(signing)  # nothing to write, or raised
