@@ -376,24 +376,49 @@ async def test_a_big_batch_is_signed_in_a_process_holding_more_than_1024_descrip
 
 
 async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog, monkeypatch):
-    # The WAL starts over only at a transaction that began with every frame copied back: once it
-    # holds more than WAL_RESTART_FRAMES, a batch waits for the checkpoint before its BEGIN. (An
-    # operator command used to pause after each commit, which let the checkpoint finish first; it
-    # no longer does when no daemon runs: store/presence.py.) With a threshold under one batch
-    # every batch waits for the checkpoint of the one before.
+    # The WAL starts over only at a transaction whose read began with every frame copied back
+    # (SQLite's walRestartLog): once it holds more than WAL_RESTART_FRAMES, a batch lets the
+    # checkpoint finish before its BEGIN. With a threshold under one batch, and each background
+    # checkpoint finished before the next batch (as it is when batches are far apart), every batch
+    # writes from the WAL's start.
     monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
     wal = label_log._path.parent / f"{label_log._path.name}-wal"
     sizes = []
     for k in range(4):
         await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
         sizes.append(wal.stat().st_size)
-    await label_log._checkpointer.wait()
-    busy, frames, copied = label_log._checkpointer.last
-    assert busy == 0 and frames == copied  # each checkpoint copied the whole WAL
+        await label_log._checkpointer.wait()
+        busy, frames, copied = label_log._checkpointer.last
+        assert busy == 0 and frames == copied  # each checkpoint copied the whole WAL
     # the WAL starts over instead of growing with every batch: it never holds two batches (four
     # batches without a restart make it 3x the first)
     assert max(sizes) < 2 * sizes[0], sizes
     assert await label_log.count() == 4000
+
+
+async def test_a_restart_copies_commits_made_after_the_last_checkpoint_started(label_log: LabelLog, monkeypatch):
+    # No background checkpoint (as when one was still running at each commit): two batches pile
+    # up in the WAL. Before the next BEGIN past the threshold the label log runs the checkpoint
+    # those commits missed, so the next transaction writes from the WAL's start: the file does not
+    # grow and the WAL then holds that one batch.
+    import sqlite3
+
+    monkeypatch.setattr(label_log_module, "CHECKPOINT_EVERY_LABELS", 10**9)
+    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    for k in range(2):
+        await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
+    two = wal.stat().st_size
+    with sqlite3.connect(label_log._path) as conn:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    frames_two = (two - 32) // (24 + page_size)  # a WAL never started over: header, then frames
+    monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
+    label_log._checkpointer.last = (0, frames_two, 0)  # the size a finished checkpoint reported
+    await label_log.emit_many([EmitRequest(uri(2000 + i), "porn") for i in range(1000)])
+    assert wal.stat().st_size == two  # written over the start, not appended
+    with sqlite3.connect(label_log._path) as conn:
+        (busy, frames_three, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and 0 < frames_three < frames_two * 2 // 3, (frames_two, frames_three)
+    assert await label_log.count() == 3000
 
 
 def test_k1_signer_gives_coincurves_signature_low_s():

@@ -61,7 +61,7 @@ _CHAIN = ("WITH RECURSIVE chain(seq) AS (SELECT seq FROM label_state WHERE {wher
           " UNION ALL SELECT p.prev FROM chain c JOIN label_prev p ON p.seq = c.seq)")
 # After this many labels a background checkpoint starts (`_Checkpointer`): every 1,000-label batch.
 CHECKPOINT_EVERY_LABELS = 1000
-WAL_RESTART_FRAMES = 16384  # past this (64 MiB of WAL) a batch lets the checkpoint finish before BEGIN
+WAL_RESTART_FRAMES = 6144  # past this (24 MiB of WAL) a batch lets the checkpoint finish before BEGIN
 WRITER_AUTOCHECKPOINT_PAGES = 32768  # the writer checkpoints when the WAL is past this (default 1,000)
 WRITER_CACHE_KIB = 65536  # the writer connection's page cache (SQLite's default is 2,000 KiB)
 
@@ -162,7 +162,6 @@ class LabelLog(LabelLogBase):
         self._signer_key: SigningKey | None = None
         # Copies the WAL back while the next batch is built (see _Checkpointer).
         self._checkpointer = _Checkpointer(path) if path is not None else None
-        self._uncheckpointed = 0  # labels committed since the last background checkpoint started
 
     @classmethod
     async def open(cls, path: Path, key: SigningKey, src: str, *, synchronous: str = "FULL",
@@ -234,10 +233,8 @@ class LabelLog(LabelLogBase):
     async def _append(self, requests: list[EmitRequest], also=None) -> list[StoredLabel]:
         db = self._writer
         if self._checkpointer is not None and self._checkpointer.wal_frames() > WAL_RESTART_FRAMES:
-            # The WAL starts over only at a transaction that began with every frame copied back:
-            # now and then, let the checkpoint finish before BEGIN rather than before COMMIT.
-            await self._checkpointer.wait()
-            self._checkpointer.last = None  # this transaction restarts the WAL: its size is news
+            # The WAL starts over only at a transaction that began with every frame copied back.
+            await self._checkpointer.catch_up()
         async with transaction(db, wait=self.busy_wait, path=self._path):
             written: list[StoredLabel] = []
             # Each step is one call on the connection's own thread: each aiosqlite call is a thread
@@ -254,13 +251,8 @@ class LabelLog(LabelLogBase):
             finally:
                 if batch is not None and batch.signing is not None:
                     self._signer.abandon(batch.signing)  # raised before the signatures were read
-            if self._checkpointer is not None:
-                await self._checkpointer.wait()  # before COMMIT: the commit can then restart the WAL
         if self._checkpointer is not None and written:
-            self._uncheckpointed += len(written)
-            if self._uncheckpointed >= CHECKPOINT_EVERY_LABELS:
-                self._uncheckpointed = 0
-                self._checkpointer.start()
+            self._checkpointer.committed(len(written))
         return written
 
     def _prepare_sync(self, conn: sqlite3.Connection, requests: list[EmitRequest]) -> _Batch | None:
@@ -534,11 +526,12 @@ class _Checkpointer:
     A 1,000-label batch on a log of millions dirties ~4,000 random index pages; copying them back
     (read from the WAL, write and fsync the database) cost the writer a quarter of its time past
     1M labels when it did it itself at commit. Here a PASSIVE checkpoint starts after a large
-    commit and runs while the next batch is read, signed and inserted (in memory: no WAL frames
-    are written before COMMIT as long as the batch fits the writer's page cache); `wait()` before
-    that COMMIT lets it finish. SQLite starts the WAL over from its beginning only at a write
-    transaction that began with every frame copied, so once the WAL holds `WAL_RESTART_FRAMES`
-    the next batch waits for the checkpoint before its BEGIN instead. The writer's own
+    commit (unless the last one is still running) and runs beside the next batches. SQLite starts
+    the WAL over from its beginning only at a write transaction whose read began with every frame
+    copied (`walRestartLog`: read lock 0), so a wait before COMMIT cannot let it restart (until
+    the sixth pass the writer waited there all the same: 2-11 us a label on a 1M-label log);
+    once the WAL holds `WAL_RESTART_FRAMES` the next batch waits for the checkpoint before its
+    BEGIN, and that transaction writes from the WAL's start. The writer's own
     `wal_autocheckpoint` stays as the backstop (a checkpoint that failed, or could not copy
     everything because a reader held an old snapshot)."""
 
@@ -548,6 +541,8 @@ class _Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self._running: Future | None = None
         self.last: tuple[int, int, int] | None = None  # (busy, frames in the WAL, frames copied)
+        self._labels = 0  # labels committed since the last checkpoint started
+        self._behind = False  # a commit since then: a checkpoint now would copy more
 
     def _run(self) -> tuple[int, int, int]:
         if self._conn is None:
@@ -556,12 +551,40 @@ class _Checkpointer:
         return self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def wal_frames(self) -> int:
-        """Frames in the WAL when the last checkpoint ran (0 before the first)."""
+        """Frames in the WAL when the last finished checkpoint ran (0 before the first)."""
+        self._collect()
         return self.last[1] if self.last is not None else 0
 
+    def committed(self, labels: int) -> None:
+        """A write transaction committed `labels`: start a checkpoint every CHECKPOINT_EVERY_LABELS,
+        unless one is still running (the next start copies what it would have, later)."""
+        self._labels += labels
+        self._behind = True
+        if self._labels >= CHECKPOINT_EVERY_LABELS:
+            self.start()
+
     def start(self) -> None:
+        self._collect()
         if self._running is None:
             self._running = self._pool.submit(self._run)
+            self._labels, self._behind = 0, False
+
+    async def catch_up(self) -> None:
+        """Every frame copied back, before a BEGIN: that transaction then writes from the WAL's start."""
+        await self.wait()
+        if self._behind:  # commits after the checkpoint just waited for started
+            self.start()
+            await self.wait()
+        self.last = None  # this transaction restarts the WAL: its size is news
+
+    def _collect(self) -> None:
+        running = self._running
+        if running is not None and running.done():
+            self._running = None
+            try:
+                self.last = running.result()
+            except sqlite3.Error as exc:  # the writer's autocheckpoint still runs: never fatal
+                log.warning("label_log.checkpoint_failed", error=str(exc))
 
     async def wait(self) -> None:
         running, self._running = self._running, None
