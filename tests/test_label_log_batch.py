@@ -401,8 +401,6 @@ async def test_a_restart_copies_commits_made_after_the_last_checkpoint_started(l
     # up in the WAL. Before the next BEGIN past the threshold the label log runs the checkpoint
     # those commits missed, so the next transaction writes from the WAL's start: the file does not
     # grow and the WAL then holds that one batch.
-    import sqlite3
-
     monkeypatch.setattr(label_log_module, "CHECKPOINT_EVERY_LABELS", 10**9)
     wal = label_log._path.parent / f"{label_log._path.name}-wal"
     for k in range(2):
@@ -419,6 +417,34 @@ async def test_a_restart_copies_commits_made_after_the_last_checkpoint_started(l
         (busy, frames_three, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and 0 < frames_three < frames_two * 2 // 3, (frames_two, frames_three)
     assert await label_log.count() == 3000
+
+
+async def test_a_reader_holding_an_old_snapshot_does_not_stall_batches_past_the_restart_point(
+        label_log: LabelLog, monkeypatch):
+    # A subscriber's backfill or a long report holds a read snapshot: checkpoints cannot copy past
+    # it and the WAL cannot start over. Batches past the restart threshold must go on (the catch-up
+    # runs at most one more checkpoint, it does not loop), and the WAL starts over once the reader
+    # is gone.
+    monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
+    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1000)])
+    reader = sqlite3.connect(label_log._path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM labels").fetchone() == (1000,)
+        with anyio.fail_after(60):
+            for k in range(1, 5):
+                await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
+        assert reader.execute("SELECT count(*) FROM labels").fetchone() == (1000,)  # still its snapshot
+        await label_log._checkpointer.wait()
+        held = wal.stat().st_size
+    finally:
+        reader.close()
+    for k in range(5, 8):  # reader gone: the next catch-ups copy everything and the WAL starts over
+        await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
+        await label_log._checkpointer.wait()
+    assert wal.stat().st_size == held  # written over its start, not grown by three more batches
+    assert await label_log.count() == 8000
 
 
 def test_k1_signer_gives_coincurves_signature_low_s():

@@ -572,7 +572,10 @@ class _Checkpointer:
     async def catch_up(self) -> None:
         """Every frame copied back, before a BEGIN: that transaction then writes from the WAL's start."""
         await self.wait()
-        if self._behind:  # commits after the checkpoint just waited for started
+        last = self.last
+        # Commits after the checkpoint just waited for started, or it could not copy everything (a
+        # reader held an older snapshot; it may be gone now): one more, never a loop.
+        if self._behind or (last is not None and 0 <= last[2] < last[1]):
             self.start()
             await self.wait()
         self.last = None  # this transaction restarts the WAL: its size is news
