@@ -27,6 +27,7 @@ import label_write_bench as bench  # bench/ is on sys.path as the script's folde
 
 import firehose_mod.labels.sign_worker as sign_worker
 from firehose_mod.store import db as db_module
+from firehose_mod.store import wal_checkpoint
 from firehose_mod.store import decisions as decisions_module
 from firehose_mod.store import label_log as label_log_module
 
@@ -56,7 +57,7 @@ def _instrument() -> None:
     log_cls = label_log_module.LabelLog
     for name in ("emit_many", "_append", "_currents", "_prepare_sync", "_finish_sync"):
         _timed(log_cls, name)
-    _timed(label_log_module._Checkpointer, "wait", "ckpt_wait")
+    _timed(wal_checkpoint.Checkpointer, "wait", "ckpt_wait")
     for name in ("decision_rows", "_insert_sync", "write_decisions"):
         _timed(decisions_module, name)
     _timed(sign_worker.ParallelSigner, "begin")

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from firehose_mod.labels import verify_label
 from firehose_mod.store import EmitRequest, LabelLog
 from firehose_mod.store import label_log as label_log_module
+from firehose_mod.store import wal_checkpoint
 from firehose_mod.store.decisions import DecisionRow
 from tests.conftest import Running, uri
 from tests.stream_client import Received, collect, subscribe
@@ -375,6 +376,10 @@ async def test_a_big_batch_is_signed_in_a_process_holding_more_than_1024_descrip
     assert len(written) % 500 == 0 and all(verify_label(label_log.key.did_key, s.label) for s in written)
 
 
+def _wal(label_log: LabelLog):
+    return label_log._path.parent / f"{label_log._path.name}-wal"
+
+
 async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_over(label_log: LabelLog, monkeypatch):
     # The WAL starts over only at a transaction whose read began with every frame copied back
     # (SQLite's walRestartLog): once it holds more than WAL_RESTART_FRAMES, a batch lets the
@@ -382,7 +387,7 @@ async def test_large_batches_checkpoint_in_the_background_and_the_wal_starts_ove
     # checkpoint finished before the next batch (as it is when batches are far apart), every batch
     # writes from the WAL's start.
     monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
-    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    wal = _wal(label_log)
     sizes = []
     for k in range(4):
         await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
@@ -401,8 +406,8 @@ async def test_a_restart_copies_commits_made_after_the_last_checkpoint_started(l
     # up in the WAL. Before the next BEGIN past the threshold the label log runs the checkpoint
     # those commits missed, so the next transaction writes from the WAL's start: the file does not
     # grow and the WAL then holds that one batch.
-    monkeypatch.setattr(label_log_module, "CHECKPOINT_EVERY_LABELS", 10**9)
-    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    monkeypatch.setattr(wal_checkpoint, "CHECKPOINT_EVERY_LABELS", 10**9)
+    wal = _wal(label_log)
     for k in range(2):
         await label_log.emit_many([EmitRequest(uri(k * 1000 + i), "porn") for i in range(1000)])
     two = wal.stat().st_size
@@ -426,7 +431,7 @@ async def test_a_reader_holding_an_old_snapshot_does_not_stall_batches_past_the_
     # runs at most one more checkpoint, it does not loop), and the WAL starts over once the reader
     # is gone.
     monkeypatch.setattr(label_log_module, "WAL_RESTART_FRAMES", 64)
-    wal = label_log._path.parent / f"{label_log._path.name}-wal"
+    wal = _wal(label_log)
     await label_log.emit_many([EmitRequest(uri(i), "porn") for i in range(1000)])
     reader = sqlite3.connect(label_log._path, isolation_level=None)
     try:
